@@ -1,0 +1,122 @@
+"""The one video reader and writer of the project.
+
+Reading goes through decord (AVI and MP4, the formats EchoNet-Dynamic and clinics' exports
+use); writing goes through OpenCV's MJPG AVI encoder, which is what EchoNet-Dynamic's own
+conversion used, so synthetic videos are read by every EchoNet loader. Frame counts, size
+and frame rate are always read from the file, never trusted from a CSV.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".avi", ".mp4")
+
+
+class VideoReadError(RuntimeError):
+    """A video file that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file says about itself."""
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def _open(path: str | os.PathLike):
+    import decord  # local import: decord spins up native threads at import
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty")
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # decord raises its own DECORDError and RuntimeError
+        raise VideoReadError(f"{path}: cannot open video ({exc.__class__.__name__}: {exc})") from exc
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read frame count, frame rate and size from the file header and first frame."""
+    reader = _open(path)
+    num_frames = len(reader)
+    if num_frames == 0:
+        raise VideoReadError(f"{path}: video has no frames")
+    try:
+        height, width = reader[0].shape[:2]
+    except Exception as exc:
+        raise VideoReadError(f"{path}: first frame does not decode ({exc})") from exc
+    return VideoInfo(
+        num_frames=int(num_frames),
+        fps=float(reader.get_avg_fps()),
+        height=int(height),
+        width=int(width),
+    )
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode every frame: ``(F, H, W, 3)`` uint8 RGB.
+
+    Raises ``VideoReadError`` naming the file when any frame fails to decode (a truncated
+    file is an error, not a shorter video).
+    """
+    reader = _open(path)
+    num_frames = len(reader)
+    if num_frames == 0:
+        raise VideoReadError(f"{path}: video has no frames")
+    try:
+        frames = reader.get_batch(list(range(num_frames))).asnumpy()
+    except Exception as exc:
+        raise VideoReadError(
+            f"{path}: decoding failed ({exc.__class__.__name__}: {exc}); file truncated or corrupt?"
+        ) from exc
+    if frames.ndim != 4 or frames.shape[0] != num_frames:
+        raise VideoReadError(f"{path}: decoded {frames.shape}, expected {num_frames} frames")
+    return frames
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """Write ``(F, H, W)`` grey or ``(F, H, W, 3)`` RGB uint8 frames as AVI (MJPG) or MP4.
+
+    The file appears atomically (written beside, then renamed): a crash leaves no
+    half-written video under the final name.
+    """
+    import cv2
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be uint8, got {frames.dtype}")
+    if frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"{path}: frames must be (F, H, W) or (F, H, W, 3), got {frames.shape}")
+    suffix = path.suffix.lower()
+    fourcc = {".avi": "MJPG", ".mp4": "mp4v"}.get(suffix)
+    if fourcc is None:
+        raise ValueError(f"{path}: unsupported video suffix {suffix!r} (use .avi or .mp4)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{path.stem}.", dir=path.parent)
+    os.close(fd)
+    try:
+        height, width = frames.shape[1:3]
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV cannot open a {fourcc} writer")
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,14 @@
+"""Kedro project settings: hooks and config loader."""
+
+from kedro.config import OmegaConfigLoader
+
+from cardiac_pipeline.hooks import MlflowTrackingHook
+
+HOOKS = (MlflowTrackingHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+}
