@@ -11,4 +11,6 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # conf/local/parameters.yml may override one nested key without restating its siblings
+    "merge_strategy": {"parameters": "soft"},
 }

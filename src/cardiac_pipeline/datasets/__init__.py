@@ -1,0 +1,17 @@
+"""Custom Kedro datasets: EchoNet folders, clip stores, versioned folders of artifacts."""
+
+from cardiac_pipeline.datasets.clip_store import ClipStoreDataset, ClipStoreRequest
+from cardiac_pipeline.datasets.echonet_folder import EchoNetFolderDataset, SyntheticRequest
+from cardiac_pipeline.datasets.partitioned import (
+    VersionedCheckpointFolderDataset,
+    VersionedCSVFolderDataset,
+)
+
+__all__ = [
+    "ClipStoreDataset",
+    "ClipStoreRequest",
+    "EchoNetFolderDataset",
+    "SyntheticRequest",
+    "VersionedCSVFolderDataset",
+    "VersionedCheckpointFolderDataset",
+]

@@ -9,6 +9,7 @@ and frame rate are always read from the file, never trusted from a CSV.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ VIDEO_SUFFIXES = (".avi", ".mp4")
 
 class VideoReadError(RuntimeError):
     """A video file that cannot be opened or decoded; the message names the file."""
+
+
+class VideoTruncatedError(VideoReadError):
+    """A video that opens but holds fewer frames than its container declares (a cut copy)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,96 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         height=int(height),
         width=int(width),
     )
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    """What a video file says about itself, plus what its container header declares."""
+
+    info: VideoInfo
+    declared_frames: int | None  # from the AVI header; None when the container gives none
+
+
+def avi_declared_frames(path: str | os.PathLike, max_header_bytes: int = 1 << 20) -> int | None:
+    """Frame count an AVI's RIFF header declares, or None (not an AVI, or header gives 0).
+
+    Writers fill the header when they close the file, and the index (``idx1``) sits at the
+    end, so a copy cut short keeps the full declared count while decoders (which then scan
+    the ``movi`` list) find fewer frames. Precedence: OpenDML ``dmlh`` total (files over
+    1 GB), then the video stream's ``strh`` dwLength, then ``avih`` dwTotalFrames.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(max_header_bytes)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+        return None
+    found: dict[str, int] = {}
+
+    def walk(start: int, end: int) -> None:
+        pos = start
+        while pos + 8 <= min(end, len(head)):
+            fourcc = head[pos : pos + 4]
+            (size,) = struct.unpack_from("<I", head, pos + 4)
+            body = pos + 8
+            if fourcc == b"LIST":
+                kind = head[body : body + 4]
+                if kind in (b"hdrl", b"strl", b"odml"):
+                    walk(body + 4, body + size)
+                elif kind == b"movi":
+                    return  # frame data follows: the header is over
+            elif fourcc == b"avih" and body + 20 <= len(head):
+                found.setdefault("avih", struct.unpack_from("<I", head, body + 16)[0])
+            elif fourcc == b"strh" and body + 36 <= len(head):
+                if head[body : body + 4] == b"vids":
+                    found.setdefault("strh", struct.unpack_from("<I", head, body + 32)[0])
+            elif fourcc == b"dmlh" and body + 4 <= len(head):
+                found.setdefault("dmlh", struct.unpack_from("<I", head, body)[0])
+            pos = body + size + (size & 1)  # RIFF chunks are word-aligned
+
+    walk(12, len(head))
+    for key in ("dmlh", "strh", "avih"):
+        if found.get(key):
+            return int(found[key])
+    return None
+
+
+def check_video(path: str | os.PathLike, frame_count_tolerance: int = 0) -> VideoCheck:
+    """Probe a video cheaply but enough to trust it: open, header, first and last frame.
+
+    Raises ``VideoTruncatedError`` when the decoder finds more than ``frame_count_tolerance``
+    frames fewer than the AVI header declares (a cut AVI still opens, shorter), or when the
+    last frame does not decode (a cut MP4 whose index sits at the front); raises
+    ``VideoReadError`` when the file does not open or its first frame does not decode.
+    Frames in between are not decoded: a corrupt frame in the middle of an otherwise whole
+    file passes here and fails later in ``read_video``.
+    """
+    reader = _open(path)
+    num_frames = len(reader)
+    if num_frames == 0:
+        raise VideoReadError(f"{path}: video has no frames")
+    declared = avi_declared_frames(path)
+    if declared is not None and num_frames + frame_count_tolerance < declared:
+        raise VideoTruncatedError(
+            f"{path}: {num_frames} frames decodable but the AVI header declares {declared}; "
+            "file truncated?"
+        )
+    try:
+        height, width = reader[0].shape[:2]
+    except Exception as exc:
+        raise VideoReadError(f"{path}: first frame does not decode ({exc})") from exc
+    if num_frames > 1:
+        try:
+            _ = reader[num_frames - 1]  # decoding it is the check
+        except Exception as exc:
+            raise VideoTruncatedError(
+                f"{path}: last frame ({num_frames - 1}) does not decode ({exc}); file truncated?"
+            ) from exc
+    info = VideoInfo(
+        num_frames=int(num_frames),
+        fps=float(reader.get_avg_fps()),
+        height=int(height),
+        width=int(width),
+    )
+    return VideoCheck(info=info, declared_frames=declared)
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
