@@ -86,7 +86,7 @@ class MlflowTrackingHook:
             return
         while mlflow.active_run() is not None:  # a stale run from an earlier in-process call
             mlflow.end_run()
-        name = run_params.get("pipeline_name") or "__default__"
+        name = "+".join(run_params.get("pipeline_names") or ["__default__"])
         mlflow.start_run(run_name=name)
         self._started = True
         mlflow.set_tags(

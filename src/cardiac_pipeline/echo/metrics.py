@@ -264,12 +264,12 @@ def format_mean_sd(
         "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
         "|" + "|".join("---" if c in group_cols else "---:" for c in columns) + "|",
     ]
-    for _, row in summary.iterrows():
+    # Row dicts keep each column's own type (iterrows would turn k=1 into 1.0 in an
+    # all-numeric table).
+    for row in summary.to_dict(orient="records"):
         cells = [str(row[c]) for c in group_cols]
         if show_n:
             cells.append(str(int(row["n"])))
-        cells += [
-            mean_sd_text(row[f"{m}_mean"], row[f"{m}_sd"], _decimals(m)) for m in metric_cols
-        ]
+        cells += [mean_sd_text(row[f"{m}_mean"], row[f"{m}_sd"], _decimals(m)) for m in metric_cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

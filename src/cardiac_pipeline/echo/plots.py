@@ -35,6 +35,7 @@ TICK_SIZE = 9.5
 NOTE_SIZE = 9.5
 DPI = 120
 EF_LABEL = "LVEF (%)"
+EF_UNIT = "LVEF %"
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -203,7 +204,7 @@ def mae_by_range_bar(
         text = f"n={int(count)}" if math.isfinite(value) else f"n={int(count)}\n(no videos)"
         ax.text(xi, height + ceiling * 0.015, text, ha="center", va="bottom", fontsize=NOTE_SIZE)
     ax.set_xticks(x, labels)
-    _style(ax, title, f"True {EF_LABEL}", f"MAE ({EF_LABEL})")
+    _style(ax, title, f"True {EF_LABEL}", f"MAE ({EF_UNIT})")
     ax.grid(False, axis="x")
     return figure
 
@@ -243,9 +244,8 @@ def attention_over_frames(
         if seq is not None and len(seq) != count:
             raise ValueError(f"attention_over_frames: {name} has {len(seq)} entries, want {count}")
 
-    figure = _new_figure(7.5, 0.6 + 1.9 * count)
-    axes = figure.subplots(count, 1, squeeze=False, sharey=True)[:, 0]
-    for i, ax in enumerate(axes):
+    arrays = []
+    for i in range(count):
         weights = _as_finite_1d(weights_list[i], f"weights_list[{i}]")
         frames = _as_finite_1d(frame_indices_list[i], f"frame_indices_list[{i}]")
         if weights.shape != frames.shape:
@@ -253,15 +253,22 @@ def attention_over_frames(
                 f"attention_over_frames: video {i} ({titles[i]}) has {weights.size} weights "
                 f"but {frames.size} frame indices"
             )
+        arrays.append((weights, frames))
+    top = max(float(w.max()) for w, _ in arrays) * 1.12
+
+    figure = _new_figure(7.5, 0.9 + 1.9 * count)
+    axes = figure.subplots(count, 1, squeeze=False)[:, 0]
+    legend: dict[str, object] = {}
+    for i, (ax, (weights, frames)) in enumerate(zip(axes, arrays, strict=True)):
         ax.vlines(frames, 0.0, weights, color=COLOURS[2], linewidth=1.6, alpha=0.8)
-        ax.plot(frames, weights, "o", color=COLOURS[2], markersize=3.5, label="attention")
+        ax.plot(frames, weights, "o", color=COLOURS[2], markersize=3.5, label="attention weight")
         if uniform_line:
             ax.axhline(
                 1.0 / weights.size,
                 color="#777777",
                 linestyle=":",
                 linewidth=1.2,
-                label=f"uniform 1/T (T={weights.size})",
+                label="uniform 1/T (mean pooling)",
             )
         span = (frames.min(), frames.max())
         pad = max(1.0, 0.02 * (span[1] - span[0]))
@@ -272,13 +279,14 @@ def attention_over_frames(
             if frame is None:
                 continue
             if span[0] <= frame <= span[1]:
-                ax.axvline(frame, color=colour, linestyle="--", linewidth=1.4, label=phase)
+                name = "end-diastole (ED)" if phase == "ED" else "end-systole (ES)"
+                ax.axvline(frame, color=colour, linestyle="--", linewidth=1.4, label=name)
             else:
                 outside.append(f"{phase} frame {frame:g} outside clip")
         if outside:
             ax.text(
                 0.99,
-                0.95,
+                0.97,
                 "; ".join(outside),
                 transform=ax.transAxes,
                 ha="right",
@@ -289,15 +297,15 @@ def attention_over_frames(
         last = i == count - 1
         _style(ax, None, "Source video frame" if last else "", "Attention")
         ax.set_title(str(titles[i]), fontsize=LABEL_SIZE, loc="left")
-        ax.set_ylim(bottom=0.0)
-    # One legend for the figure, from the panel with the most entries.
-    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[1]))
-    axes[0].legend(
-        handles,
-        labels,
-        loc="lower right",
-        bbox_to_anchor=(1.0, 1.02),
-        ncol=len(labels),
+        ax.set_ylim(0.0, top)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    # One legend for the whole figure, above the panels (entries from every panel).
+    figure.legend(
+        list(legend.values()),
+        list(legend.keys()),
+        loc="outside upper center",
+        ncol=min(len(legend), 3),
         fontsize=NOTE_SIZE,
         frameon=False,
     )
@@ -322,7 +330,7 @@ def mae_vs_k(
         raise ValueError(f"mae_vs_k: column(s) {missing} not in table")
     if summary_df.empty:
         raise ValueError("mae_vs_k: table has no rows")
-    figure = _new_figure(6.4, 4.4)
+    figure = _new_figure(8.0, 4.4)
     ax = figure.add_subplot()
     methods = list(dict.fromkeys(summary_df[method_col]))  # first-appearance order
     offsets = np.linspace(-0.04, 0.04, len(methods)) if len(methods) > 1 else [0.0]
@@ -353,8 +361,8 @@ def mae_vs_k(
     ax.set_xticks(ks, [f"{k:g}" for k in ks])
     ax.minorticks_off()
     ax.set_xlim(ks.min() / 1.35, ks.max() * 1.35)
-    _style(ax, title, "k (labelled videos per integer LVEF level)", f"Test MAE ({EF_LABEL})")
-    ax.legend(fontsize=NOTE_SIZE, frameon=False, loc="best")
+    _style(ax, title, "k (labelled videos per integer LVEF level)", f"Test MAE ({EF_UNIT})")
+    ax.legend(fontsize=NOTE_SIZE, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return figure
 
 
@@ -365,6 +373,7 @@ def training_curves(
     val_col: str = "val_mae",
     run_col: str | None = None,
     title: str | None = "Training",
+    loss_label: str = "Loss (CE + KL + L1)",
 ) -> Figure:
     """Training loss and validation MAE per epoch, side by side; the best epoch (the one
     model selection keeps) is starred. ``run_col`` draws one line per run (e.g. seed)."""
@@ -376,16 +385,14 @@ def training_curves(
         raise ValueError("training_curves: history table has no rows")
     figure = _new_figure(9.0, 3.6)
     loss_ax, val_ax = figure.subplots(1, 2)
-    runs = (
-        [(None, history_df)]
-        if run_col is None
-        else list(history_df.groupby(run_col, sort=True))
-    )
+    runs = [(None, history_df)] if run_col is None else list(history_df.groupby(run_col, sort=True))
     for j, (run, history) in enumerate(runs):
         history = history.sort_values(epoch_col)
         colour = COLOURS[j % len(COLOURS)]
         label = None if run is None else f"{run_col} {run}"
-        loss_ax.plot(history[epoch_col], history[loss_col], color=colour, linewidth=1.5, label=label)
+        loss_ax.plot(
+            history[epoch_col], history[loss_col], color=colour, linewidth=1.5, label=label
+        )
         val = history.dropna(subset=[val_col])
         val_ax.plot(
             val[epoch_col], val[val_col], color=colour, linewidth=1.5, marker=".", label=label
@@ -402,8 +409,8 @@ def training_curves(
                 markeredgewidth=0.6,
                 label=f"best {best[val_col]:.2f} @ epoch {best[epoch_col]:g}",
             )
-    _style(loss_ax, "Training loss", "Epoch", "Loss (CE + KL + L1)")
-    _style(val_ax, "Validation MAE", "Epoch", f"MAE ({EF_LABEL})")
+    _style(loss_ax, "Training loss", "Epoch", loss_label)
+    _style(val_ax, "Validation MAE", "Epoch", f"MAE ({EF_UNIT})")
     val_ax.legend(fontsize=NOTE_SIZE, frameon=False)
     if run_col is not None:
         loss_ax.legend(fontsize=NOTE_SIZE, frameon=False)

@@ -48,7 +48,9 @@ def _open(path: str | os.PathLike):
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError
-        raise VideoReadError(f"{path}: cannot open video ({exc.__class__.__name__}: {exc})") from exc
+        raise VideoReadError(
+            f"{path}: cannot open video ({exc.__class__.__name__}: {exc})"
+        ) from exc
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -119,16 +121,66 @@ def avi_declared_frames(path: str | os.PathLike, max_header_bytes: int = 1 << 20
     return None
 
 
-def check_video(path: str | os.PathLike, frame_count_tolerance: int = 0) -> VideoCheck:
-    """Probe a video cheaply but enough to trust it: open, header, first and last frame.
+def container_shortfall(path: str | os.PathLike) -> str | None:
+    """Say how a file is cut short by its own container sizes, or None when it is whole.
 
-    Raises ``VideoTruncatedError`` when the decoder finds more than ``frame_count_tolerance``
-    frames fewer than the AVI header declares (a cut AVI still opens, shorter), or when the
-    last frame does not decode (a cut MP4 whose index sits at the front); raises
-    ``VideoReadError`` when the file does not open or its first frame does not decode.
-    Frames in between are not decoded: a corrupt frame in the middle of an otherwise whole
-    file passes here and fails later in ``read_video``.
+    An AVI's RIFF header and an MP4's top-level boxes state their sizes; a copy that
+    stopped early is smaller than they say. This catches any cut, even a few bytes into
+    the last frame that a tolerant MJPEG decoder still shows, for the price of a few
+    small reads. Unknown containers and unset (streaming) sizes give None.
     """
+    path = Path(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+            (riff_size,) = struct.unpack_from("<I", head, 4)
+            if riff_size in (0, 0xFFFFFFFF):
+                return None
+            if file_size < riff_size + 8:
+                return f"RIFF header says {riff_size + 8} bytes, file has {file_size}"
+            return None
+        if len(head) < 8 or head[4:8] != b"ftyp":
+            return None
+        pos = 0
+        while pos + 8 <= file_size:  # walk the MP4/QuickTime top-level boxes
+            fh.seek(pos)
+            box = fh.read(16)
+            (size,) = struct.unpack_from(">I", box, 0)
+            kind = box[4:8].decode("latin-1")
+            if size == 1 and len(box) == 16:
+                (size,) = struct.unpack_from(">Q", box, 8)
+            elif size == 0:
+                return None  # box runs to the end of the file, whatever its length
+            if size < 8:
+                return f"MP4 box {kind!r} at byte {pos} has invalid size {size}"
+            if pos + size > file_size:
+                return (
+                    f"MP4 box {kind!r} at byte {pos} needs {pos + size} bytes, file has {file_size}"
+                )
+            pos += size
+    return None
+
+
+def check_video(path: str | os.PathLike, frame_count_tolerance: int = 0) -> VideoCheck:
+    """Probe a video cheaply but enough to trust it: container sizes, header, first and
+    last frame.
+
+    Raises ``VideoTruncatedError`` when the container is smaller than its headers say
+    (``container_shortfall``), when the decoder finds more than ``frame_count_tolerance``
+    frames fewer than the AVI header declares (a cut AVI still opens, shorter), or when the
+    last frame does not decode; raises ``VideoReadError`` when the file does not open or
+    its first frame does not decode. Frames in between are not decoded: a corrupt frame in
+    the middle of an otherwise whole file passes here and fails later in ``read_video``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty")
+    shortfall = container_shortfall(path)
+    if shortfall is not None:
+        raise VideoTruncatedError(f"{path}: {shortfall}; file truncated?")
     reader = _open(path)
     num_frames = len(reader)
     if num_frames == 0:

@@ -1,0 +1,63 @@
+"""Shared fixtures: a throw-away copy of the Kedro project for end-to-end runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class KedroProject:
+    """A copy of ``conf/`` and ``pyproject.toml`` in a temp folder, runnable with Kedro."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Override parameters (soft-merged over conf/base) in conf/local/parameters.yml."""
+        target = self.path / "conf" / "local" / "parameters.yml"
+        current = yaml.safe_load(target.read_text()) if target.exists() else {}
+        current = _deep_merge(current or {}, params)
+        target.write_text(yaml.safe_dump(current))
+
+    def run(self, pipeline: str, runtime_params: dict[str, Any] | None = None) -> None:
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        bootstrap_project(self.path)
+        with KedroSession.create(project_path=self.path, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=[pipeline])
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProject:
+    """A fresh project copy with its own data/ and MLflow store; cwd is its root."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", root / "conf" / "base")
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return KedroProject(root)
