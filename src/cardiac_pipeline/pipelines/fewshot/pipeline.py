@@ -1,0 +1,66 @@
+"""``kedro run --pipeline fewshot``: the whole method on the configured dataset.
+
+synthetic (only when absent) -> ingestion -> preprocessing -> k-shot splits ->
+CardiacCLIP training per (k, seed) -> test evaluation -> summary over seeds.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from cardiac_pipeline.pipelines import ingestion, preprocessing, synthetic
+
+from .nodes import (
+    evaluate_fewshot_models,
+    make_k_shot_splits,
+    summarise_fewshot,
+    train_fewshot_models,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    method = Pipeline(
+        [
+            Node(
+                make_k_shot_splits,
+                inputs=["video_index", "params:fewshot"],
+                outputs="k_shot_splits",
+                name="sample_k_shot_splits",
+            ),
+            Node(
+                train_fewshot_models,
+                inputs=[
+                    "clip_store",
+                    "k_shot_splits",
+                    "params:backbone",
+                    "params:cardiac_clip",
+                    "params:clips",
+                    "params:training",
+                ],
+                outputs="fewshot_models",
+                name="train_cardiac_clip",
+            ),
+            Node(
+                evaluate_fewshot_models,
+                inputs=[
+                    "clip_store",
+                    "video_index",
+                    "k_shot_splits",
+                    "fewshot_models",
+                    "params:evaluation",
+                ],
+                outputs=["fewshot_predictions", "fewshot_metrics", "fewshot_plots"],
+                name="evaluate_on_test",
+            ),
+            Node(
+                summarise_fewshot,
+                inputs="fewshot_metrics",
+                outputs=["fewshot_summary", "fewshot_summary_table", "fewshot_mae_vs_k"],
+                name="summarise_over_seeds",
+            ),
+        ]
+    )
+    return (
+        synthetic.create_pipeline()
+        + ingestion.create_pipeline()
+        + preprocessing.create_pipeline()
+        + method
+    )
