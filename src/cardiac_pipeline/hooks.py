@@ -114,4 +114,3 @@ class MlflowTrackingHook:
             while mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
             self._started = False
-

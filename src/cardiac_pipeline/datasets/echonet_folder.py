@@ -83,4 +83,3 @@ class EchoNetFolderDataset(AbstractDataset[SyntheticRequest, Path]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
-

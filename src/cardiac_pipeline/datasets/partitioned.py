@@ -41,7 +41,9 @@ class _VersionedFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str,
 
     def save(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
-            raise DatasetError(f"{self._filepath}: expected a dict of name -> item, got {type(data)}")
+            raise DatasetError(
+                f"{self._filepath}: expected a dict of name -> item, got {type(data)}"
+            )
         target = Path(str(self._get_save_path()))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -73,9 +73,7 @@ def clip_span(spec: ClipSpec, fps: float | None = None) -> int:
     return (spec.frames - 1) * effective_period(spec, fps) + 1
 
 
-def clip_at(
-    video: np.ndarray, start: int, spec: ClipSpec, fps: float | None = None
-) -> np.ndarray:
+def clip_at(video: np.ndarray, start: int, spec: ClipSpec, fps: float | None = None) -> np.ndarray:
     """The clip starting at frame ``start``: ``(T, C, H, W)``, same dtype as ``video``.
 
     Frames past the end of the video are padded per ``spec.pad_mode``.
@@ -98,6 +96,14 @@ def clip_at(
     return clip
 
 
+def random_clip_start(
+    num_frames: int, spec: ClipSpec, rng: np.random.Generator, fps: float | None = None
+) -> int:
+    """A uniformly random start among those whose clip fits; 0 for a short video."""
+    last_start = num_frames - clip_span(spec, fps)
+    return int(rng.integers(0, last_start + 1)) if last_start > 0 else 0
+
+
 def sample_clip(
     video: np.ndarray,
     spec: ClipSpec,
@@ -109,9 +115,7 @@ def sample_clip(
     Every start whose clip fits in the video is equally likely; a video shorter than one
     clip starts at 0 and is padded.
     """
-    last_start = video.shape[0] - clip_span(spec, fps)
-    start = int(rng.integers(0, last_start + 1)) if last_start > 0 else 0
-    return clip_at(video, start, spec, fps)
+    return clip_at(video, random_clip_start(video.shape[0], spec, rng, fps), spec, fps)
 
 
 def eval_clip_starts(
@@ -137,9 +141,7 @@ def eval_clip_starts(
     return np.round(np.linspace(0, last_start, int(n_clips))).astype(np.int64)
 
 
-def pad_and_random_crop(
-    clip: np.ndarray, pad: int = 12, *, rng: np.random.Generator
-) -> np.ndarray:
+def pad_and_random_crop(clip: np.ndarray, pad: int = 12, *, rng: np.random.Generator) -> np.ndarray:
     """Zero-pad each frame by ``pad`` pixels, then crop back to ``H x W`` at a random offset.
 
     The same offset applies to every frame of the clip (a shift of the whole video, up to

@@ -37,7 +37,9 @@ def split_name(k: int, seed: int) -> str:
     return f"k{k}_seed{seed}"
 
 
-def make_k_shot_splits(video_index: pd.DataFrame, fewshot: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def make_k_shot_splits(
+    video_index: pd.DataFrame, fewshot: dict[str, Any]
+) -> dict[str, pd.DataFrame]:
     """One split table per (k, seed) of the grid, or the user's split file when given."""
     if fewshot.get("split_file"):
         split = read_split_file(fewshot["split_file"], video_index)
@@ -75,7 +77,9 @@ def train_fewshot_models(
         with child_run(name, tags) as run_id:
             if run_id:
                 mlflow.log_params(
-                    flatten_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
+                    flatten_params(
+                        {**arch, "clips": clips, "training": training, "k": k, "seed": seed}
+                    )
                 )
                 mlflow.log_metric("n_train", int((split["role"] == "train").sum()))
             checkpoint, result = recipe.train_on_split(
@@ -115,8 +119,15 @@ def evaluate_fewshot_models(
         )
         method = checkpoint["arch"]["cardiac_clip"].get("method", "cardiac_clip")
         rows.append({"split": name, "method": method, "k": k, "seed": seed, **metrics})
-        rows.append({"split": name, "method": "mean_predictor", "k": k, "seed": seed,
-                     **{m: baseline[m] for m in ["n", *METRIC_COLUMNS]}})
+        rows.append(
+            {
+                "split": name,
+                "method": "mean_predictor",
+                "k": k,
+                "seed": seed,
+                **{m: baseline[m] for m in ["n", *METRIC_COLUMNS]},
+            }
+        )
         predictions[name] = table
         split_figures = _evaluation_figures(name, table, attention, video_index, evaluation)
         figures.update(split_figures)
@@ -131,7 +142,11 @@ def evaluate_fewshot_models(
                 _log_checkpoint(checkpoint)
         logger.info(
             "%s: test MAE %.2f (mean predictor %.2f), RMSE %.2f, R2 %.3f",
-            name, metrics["mae"], baseline["mae"], metrics["rmse"], metrics["r2"],
+            name,
+            metrics["mae"],
+            baseline["mae"],
+            metrics["rmse"],
+            metrics["r2"],
         )
     return predictions, pd.DataFrame(rows), figures
 
@@ -141,12 +156,7 @@ def summarise_fewshot(fewshot_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str,
     summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
     markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
     figure = plots.mae_vs_k(summary)
-    log_metrics(
-        {
-            f"{row.method}.k{row.k}.mae_mean": row.mae_mean
-            for row in summary.itertuples()
-        }
-    )
+    log_metrics({f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()})
     if mlflow.active_run() is not None:
         _log_table(summary, "fewshot_summary.csv")
         _log_figure(figure, "plots/mae_vs_k.png")
@@ -171,9 +181,15 @@ def _evaluation_figures(
 
     y_true, y_pred = table["EF_true"], table["EF_pred"]
     figures = {
-        f"{name}/scatter.png": plots.scatter_pred_vs_true(y_true, y_pred, title=f"{name}: predicted vs true LVEF"),
-        f"{name}/bland_altman.png": plots.bland_altman(y_true, y_pred, title=f"{name}: Bland-Altman"),
-        f"{name}/mae_by_range.png": plots.mae_by_range_bar(mae_by_range(y_true, y_pred), title=f"{name}: error by LVEF range"),
+        f"{name}/scatter.png": plots.scatter_pred_vs_true(
+            y_true, y_pred, title=f"{name}: predicted vs true LVEF"
+        ),
+        f"{name}/bland_altman.png": plots.bland_altman(
+            y_true, y_pred, title=f"{name}: Bland-Altman"
+        ),
+        f"{name}/mae_by_range.png": plots.mae_by_range_bar(
+            mae_by_range(y_true, y_pred), title=f"{name}: error by LVEF range"
+        ),
     }
     n_videos = int(evaluation.get("attention_plot_videos", 4))
     if n_videos and attention:

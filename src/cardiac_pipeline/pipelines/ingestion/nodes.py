@@ -21,6 +21,8 @@ def ingest_echonet(
     index, rejects = build_video_index(echonet_root, **ingestion)
     logger.info("%s: %s", echonet_root, summarise_ingestion(index, rejects))
     counts = {"ingestion.usable": len(index), "ingestion.rejected": len(rejects)}
-    counts.update({f"ingestion.rejected.{r}": n for r, n in rejects["reason"].value_counts().items()})
+    counts.update(
+        {f"ingestion.rejected.{r}": n for r, n in rejects["reason"].value_counts().items()}
+    )
     log_metrics(counts)
     return index, rejects

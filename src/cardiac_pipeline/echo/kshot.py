@@ -1,0 +1,159 @@
+"""The few-shot protocol: which videos train, validate and test for a given (k, seed).
+
+k-shot = k TRAIN videos per integer LVEF level (``floor(EF)``); a level with fewer than k
+videos gives all it has. Validation is a fixed subset of VAL (``val_size`` videos drawn with
+``val_seed``, the same for every k and seed, so validation MAE is comparable across runs),
+and testing uses the full TEST split.
+
+Each level's videos are shuffled by a generator seeded with ``(seed, level)`` and the first
+k are taken. Hence, for one seed, the k-shot sets are nested (1-shot within 2-shot within
+4-shot ...), and adding or removing videos of one level leaves the other levels' picks alone.
+
+Output (contract "k-shot split"): ``FileName, EF, Split, role, k, seed``, role in
+``train``/``val``/``test``, sorted by role then FileName.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLIT_COLUMNS = ["FileName", "EF", "Split", "role", "k", "seed"]
+ROLES = ("train", "val", "test")
+_ROLE_OF_SPLIT = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
+
+
+def ef_level(ejection_fraction: pd.Series) -> pd.Series:
+    """Integer LVEF level of each video: ``floor(EF)``."""
+    return np.floor(ejection_fraction.astype(float)).astype(int)
+
+
+def _check_index(index: pd.DataFrame) -> None:
+    missing = {"FileName", "EF", "Split"} - set(index.columns)
+    if missing:
+        raise ValueError(f"video index lacks columns {sorted(missing)}")
+    if index["FileName"].duplicated().any():
+        dups = index.loc[index["FileName"].duplicated(), "FileName"].unique().tolist()
+        raise ValueError(f"video index has duplicate FileNames: {dups[:10]}")
+
+
+def _finish(frame: pd.DataFrame, k: int | None, seed: int | None) -> pd.DataFrame:
+    out = frame.loc[:, ["FileName", "EF", "Split", "role"]].copy()
+    out["k"] = pd.array([k] * len(out), dtype="Int64")
+    out["seed"] = pd.array([seed] * len(out), dtype="Int64")
+    out["role"] = pd.Categorical(out["role"], categories=list(ROLES), ordered=True)
+    out = out.sort_values(["role", "FileName"], kind="stable").reset_index(drop=True)
+    out["role"] = out["role"].astype(str)
+    return out[SPLIT_COLUMNS]
+
+
+def k_shot_split(
+    index: pd.DataFrame,
+    *,
+    k: int,
+    seed: int,
+    val_size: int | None = 600,
+    val_seed: int = 0,
+) -> pd.DataFrame:
+    """The (k, seed) split of a video index with TRAIN/VAL/TEST in its ``Split`` column.
+
+    val_size: size of the fixed validation subset (all of VAL when None or when VAL is
+    smaller); it depends on ``val_seed`` only, never on k or seed.
+    """
+    _check_index(index)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if seed < 0 or val_seed < 0:
+        raise ValueError(f"seeds must be >= 0, got seed={seed}, val_seed={val_seed}")
+    split = index["Split"].astype(str).str.upper()
+    unknown = sorted(set(split) - set(_ROLE_OF_SPLIT))
+    if unknown:
+        raise ValueError(
+            f"video index has Split values {unknown}; the k-shot protocol needs TRAIN/VAL/TEST "
+            "(give a split file with read_split_file for data without a Split column)"
+        )
+    frame = index.assign(Split=split).sort_values("FileName", kind="stable")
+
+    train = frame[frame["Split"] == "TRAIN"]
+    if train["EF"].isna().any():
+        bad = train.loc[train["EF"].isna(), "FileName"].tolist()
+        raise ValueError(f"TRAIN videos without EF: {bad[:10]}")
+    levels = ef_level(train["EF"])
+    if (levels < 0).any():
+        raise ValueError(f"negative EF in TRAIN: {train.loc[levels < 0, 'FileName'].tolist()[:10]}")
+    picked = []
+    for level, group in train.groupby(levels, sort=True):
+        order = np.random.default_rng([seed, int(level)]).permutation(len(group))
+        picked.append(group.iloc[np.sort(order[:k])])
+    train_pick = pd.concat(picked) if picked else train.iloc[:0]
+
+    val = frame[frame["Split"] == "VAL"]
+    if val_size is not None and len(val) > val_size:
+        keep = np.random.default_rng(val_seed).choice(len(val), size=val_size, replace=False)
+        val = val.iloc[np.sort(keep)]
+    test = frame[frame["Split"] == "TEST"]
+
+    chosen = pd.concat([train_pick, val, test])
+    chosen = chosen.assign(role=chosen["Split"].map(_ROLE_OF_SPLIT))
+    return _finish(chosen, k, seed)
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in (".avi", ".mp4", ".AVI", ".MP4"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_split_file(
+    path: str | os.PathLike,
+    index: pd.DataFrame,
+    *,
+    k: int | None = None,
+    seed: int | None = None,
+) -> pd.DataFrame:
+    """A published or hand-made split (FileList-like CSV: ``FileName, Split``) as a k-shot split.
+
+    Reproduces that split exactly: its rows are the split, ``Split`` (TRAIN/VAL/TEST, any
+    case) gives the role. ``EF`` and the output ``Split`` come from the index, not the file.
+    FileNames may carry a ``.avi``/``.mp4`` suffix. k and seed are recorded when given
+    (else missing). Unknown FileNames, duplicates and other Split values are errors that
+    name the rows.
+    """
+    path = Path(path)
+    _check_index(index)
+    try:
+        table = pd.read_csv(path, encoding="utf-8-sig", dtype={"FileName": str, "Split": str})
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read split file ({exc})") from exc
+    missing = {"FileName", "Split"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: split file lacks columns {sorted(missing)}")
+    names = table["FileName"].astype(str).str.strip().map(_strip_suffix)
+    roles = table["Split"].astype(str).str.strip().str.upper().map(_ROLE_OF_SPLIT)
+    if roles.isna().any():
+        bad = table.loc[roles.isna(), ["FileName", "Split"]].head(10).to_dict("records")
+        raise ValueError(f"{path}: Split must be TRAIN, VAL or TEST; bad rows: {bad}")
+    duplicated = names[names.duplicated()].unique().tolist()
+    if duplicated:
+        raise ValueError(f"{path}: FileNames listed more than once: {duplicated[:10]}")
+    known = set(index["FileName"].astype(str))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"{path}: {len(unknown)} FileNames not in the video index (missing or rejected "
+            f"videos): {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
+    by_name = index.assign(FileName=index["FileName"].astype(str)).set_index("FileName")
+    chosen = pd.DataFrame(
+        {
+            "FileName": names.to_numpy(),
+            "EF": by_name.loc[names, "EF"].to_numpy(),
+            "Split": by_name.loc[names, "Split"].astype(str).str.upper().to_numpy(),
+            "role": roles.to_numpy(),
+        }
+    )
+    return _finish(chosen, k, seed)

@@ -1,0 +1,82 @@
+"""Multi-Frame Learning (MFL): pool T frame embeddings of a clip into one video embedding.
+
+``AttentionPool`` is attention-based multiple-instance pooling: a small MLP scores each frame
+(dim -> hidden -> tanh -> hidden -> tanh -> 1), softmax over frames, weighted sum, then a
+linear dim -> dim. The weights are returned: they show which cardiac phases the model used.
+``MeanPool`` is the ablation with uniform weights and the same output layer and interface.
+
+The output linear starts as the identity by default (the reference initialises it randomly):
+a random dim x dim map after a pretrained CLIP image embedding would break its alignment
+with the text embeddings before training has started.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _output_layer(dim: int, identity_init: bool) -> nn.Linear:
+    layer = nn.Linear(dim, dim)
+    if identity_init:
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(dim))
+            layer.bias.zero_()
+    return layer
+
+
+def _check(frame_embeddings: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if frame_embeddings.dim() != 3:
+        raise ValueError(f"frame embeddings must be [B, T, D], got {tuple(frame_embeddings.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(frame_embeddings.shape[:2]):
+        raise ValueError(
+            f"mask must be [B, T] = {tuple(frame_embeddings.shape[:2])}, got {tuple(mask.shape)}"
+        )
+
+
+class AttentionPool(nn.Module):
+    """Attention MIL pooling over frames: [B, T, D] -> (video [B, D], weights [B, T])."""
+
+    def __init__(self, dim: int, hidden: int = 64, *, identity_init: bool = True):
+        super().__init__()
+        self.score = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, 1),
+        )
+        self.out = _output_layer(dim, identity_init)
+
+    def forward(
+        self, frame_embeddings: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask`` [B, T] (True = real frame) keeps padded frames out; each clip needs one."""
+        _check(frame_embeddings, mask)
+        scores = self.score(frame_embeddings).squeeze(-1)  # [B, T]
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool(), float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        pooled = torch.einsum("bt,btd->bd", weights, frame_embeddings)
+        return self.out(pooled), weights
+
+
+class MeanPool(nn.Module):
+    """Mean over frames (the MFL ablation), same interface as ``AttentionPool``."""
+
+    def __init__(self, dim: int, *, identity_init: bool = True):
+        super().__init__()
+        self.out = _output_layer(dim, identity_init)
+
+    def forward(
+        self, frame_embeddings: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _check(frame_embeddings, mask)
+        b, t, _ = frame_embeddings.shape
+        if mask is None:
+            weights = frame_embeddings.new_full((b, t), 1.0 / t)
+        else:
+            m = mask.to(frame_embeddings.dtype)
+            weights = m / m.sum(dim=1, keepdim=True)
+        pooled = torch.einsum("bt,btd->bd", weights, frame_embeddings)
+        return self.out(pooled), weights

@@ -1,0 +1,136 @@
+"""LVEF-range prompts, their bin values, the EF -> bin rule, and EchoCLIP-style zero-shot prompts.
+
+The text is upper case like the echo reports EchoCLIP was trained on. Each prompt is
+"THE LEFT VENTRICULAR EJECTION FRACTION IS ESTIMATED TO BE" + range name + a short clinical
+description (appearance, contractility, wall motion), as in CardiacCLIP.
+
+Binning rule (one rule, consistent with the prompt texts, for real-valued EF):
+    EF < 30          -> 0 severely reduced
+    30 <= EF < 45    -> 1 moderately reduced   ("30-44%")
+    45 <= EF < 55    -> 2 mildly reduced       ("45-54%")
+    55 <= EF <= 70   -> 3 normal               ("55-70%")
+    EF > 70          -> 4 hyperdynamic         (">70%")
+The reference code bins floor(EF) with <=30, 31-45, 46-55, 56-70, >70, which disagrees with
+its own prompt texts at the edges: EF in [30, 31), [45, 46), [55, 56) falls one bin lower
+there than here, and EF in (70, 71) is "normal" there but "hyperdynamic" here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+EF_PROMPT_PREFIX = "THE LEFT VENTRICULAR EJECTION FRACTION IS ESTIMATED TO BE"
+
+
+@dataclass(frozen=True)
+class LVEFRange:
+    """One LVEF range: its name in the prompt, the bin value used for regression, its text."""
+
+    name: str
+    bin_value: float
+    description: str
+
+    @property
+    def prompt(self) -> str:
+        return f"{EF_PROMPT_PREFIX} {self.name}. {self.description}"
+
+
+LVEF_RANGES: tuple[LVEFRange, ...] = (
+    LVEFRange(
+        "SEVERELY REDUCED (LESS THAN 30%)",
+        15.0,
+        "THE LEFT VENTRICLE IS DILATED WITH SEVERE GLOBAL HYPOKINESIS AND VERY POOR WALL THICKENING.",
+    ),
+    LVEFRange(
+        "MODERATELY REDUCED (30-44%)",
+        37.0,
+        "LEFT VENTRICULAR CONTRACTILITY IS MODERATELY DECREASED WITH REDUCED WALL MOTION.",
+    ),
+    LVEFRange(
+        "MILDLY REDUCED (45-54%)",
+        50.0,
+        "LEFT VENTRICULAR SYSTOLIC FUNCTION IS MILDLY DECREASED WITH MILD HYPOKINESIS.",
+    ),
+    LVEFRange(
+        "NORMAL (55-70%)",
+        62.0,
+        "LEFT VENTRICULAR SIZE AND WALL THICKNESS ARE NORMAL WITH NORMAL WALL MOTION.",
+    ),
+    LVEFRange(
+        "HYPERDYNAMIC (GREATER THAN 70%)",
+        85.0,
+        "THE LEFT VENTRICLE IS SMALL AND VIGOROUSLY CONTRACTING WITH NEAR CAVITY OBLITERATION.",
+    ),
+)
+LVEF_PROMPTS: tuple[str, ...] = tuple(r.prompt for r in LVEF_RANGES)
+BIN_VALUES: tuple[float, ...] = tuple(r.bin_value for r in LVEF_RANGES)  # (15, 37, 50, 62, 85)
+# Lower edges of bins 1..3 (EF >= edge) and the edge above which EF is hyperdynamic (EF > 70).
+BIN_EDGES: tuple[float, ...] = (30.0, 45.0, 55.0, 70.0)
+
+ArrayLike = TypeVar("ArrayLike", float, np.ndarray, torch.Tensor)
+
+
+def ef_to_bin(ef: ArrayLike, edges: Sequence[float] = BIN_EDGES) -> ArrayLike:
+    """Bin index of an ejection fraction (float, numpy array or tensor; same kind back).
+
+    Bin = number of ``edges[:-1]`` with EF >= edge, plus 1 when EF > ``edges[-1]``: the
+    last edge is inclusive of the lower bin (EF 70 is "normal (55-70%)").
+    """
+    if len(edges) < 1:
+        raise ValueError("edges needs at least one value")
+    *lower, top = (float(e) for e in edges)
+    if isinstance(ef, torch.Tensor):
+        bins = torch.zeros_like(ef, dtype=torch.long)
+        for edge in lower:
+            bins = bins + (ef >= edge).long()
+        return bins + (ef > top).long()
+    array = np.asarray(ef, dtype=float)
+    bins = sum((array >= edge).astype(np.int64) for edge in lower) + (array > top).astype(np.int64)
+    return int(bins) if np.ndim(ef) == 0 else bins
+
+
+ZERO_SHOT_EF_TEMPLATE = EF_PROMPT_PREFIX + " {value}% "
+ZERO_SHOT_EF_VALUES: tuple[int, ...] = tuple(range(0, 101))
+
+
+def zero_shot_ef_prompts(
+    values: Sequence[float] = ZERO_SHOT_EF_VALUES, template: str = ZERO_SHOT_EF_TEMPLATE
+) -> list[str]:
+    """EchoCLIP-style prompts "THE LEFT VENTRICULAR EJECTION FRACTION IS ESTIMATED TO BE X% "."""
+    return [template.format(value=_format_value(v)) for v in values]
+
+
+def _format_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def zero_shot_ef(
+    similarity: torch.Tensor,
+    values: Sequence[float] = ZERO_SHOT_EF_VALUES,
+    *,
+    top_fraction: float = 0.2,
+) -> torch.Tensor:
+    """EF from similarities to ``zero_shot_ef_prompts(values)``, EchoCLIP style.
+
+    ``similarity`` is [B, V] (per video) or [B, F, V] (per frame). Candidate values are ranked
+    by similarity; with frames, the ranked values are averaged over frames first. The
+    prediction is the mean of the top ``top_fraction`` of the ranked values.
+    """
+    if similarity.shape[-1] != len(values):
+        raise ValueError(
+            f"similarity has {similarity.shape[-1]} candidates but {len(values)} values"
+        )
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    value_tensor = torch.as_tensor(values, dtype=torch.float32, device=similarity.device)
+    ranked = value_tensor[torch.argsort(similarity, dim=-1, descending=True)]
+    if ranked.dim() == 3:
+        ranked = ranked.mean(dim=1)
+    top = max(1, math.ceil(round(top_fraction * len(values), 9)))
+    return ranked[..., :top].mean(dim=-1)

@@ -1,0 +1,210 @@
+"""From configuration dicts to trained CardiacCLIP models and their predictions.
+
+The one place where conf-shaped parameters become a model, datasets and a training run,
+shared by the fewshot, benchmark and predict pipelines. A checkpoint produced here is
+self-describing: it carries the architecture and clip parameters it needs to be rebuilt,
+and its weights, and nothing that needs pickle (it loads with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cardiac_pipeline.echo.clips import ClipSpec, effective_period
+from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.model.backbone import create_backbone
+from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
+from cardiac_pipeline.model.data import EchoClipDataset
+from cardiac_pipeline.model.train import TrainConfig, TrainResult, fit, predict_videos
+
+CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
+MODEL_KWARGS = ("scales", "tile", "pooling", "head", "attention_hidden", "interpolation")
+CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
+# Parameters that change where a run goes, not what it computes: left out of the run key.
+_NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
+
+
+def build_cardiac_clip(
+    arch: dict[str, Any], *, seed: int | None = None, weights: bool = True
+) -> CardiacCLIP:
+    """CardiacCLIP from ``{"backbone": {name, pretrained}, "cardiac_clip": {...}}``.
+
+    ``weights=False`` builds the architecture only (random init), for loading a checkpoint.
+    """
+    backbone = arch["backbone"]
+    pretrained = backbone.get("pretrained") if weights else None
+    created = create_backbone(backbone["name"], pretrained, seed=seed)
+    kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
+    if "scales" in kwargs:
+        kwargs["scales"] = tuple(int(s) for s in kwargs["scales"])
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return CardiacCLIP.from_backbone(created, **kwargs)
+
+
+def clip_spec(clips: dict[str, Any]) -> ClipSpec:
+    return ClipSpec(**{k: v for k, v in clips.items() if k in CLIP_SPEC_KWARGS})
+
+
+def train_config(training: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in training.items() if k in names})
+
+
+def run_key(*parts: Any) -> str:
+    """Short stable hash of everything that decides a training run (for its work folder)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def train_on_split(
+    store: ClipStore,
+    split: pd.DataFrame,
+    *,
+    arch: dict[str, Any],
+    clips: dict[str, Any],
+    training: dict[str, Any],
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+    loss_fn: Callable[..., Any] | None = None,
+    param_groups_fn: Callable[..., Any] | None = None,
+) -> tuple[dict[str, Any], TrainResult]:
+    """Train on the split's ``train`` rows, select on its ``val`` rows; a checkpoint dict.
+
+    The run's work folder (``training.work_dir``/<name>-<key>) holds ``last.pt``: calling
+    again after an interruption resumes, and calling again after completion returns at
+    once. The key covers the architecture, clip and training parameters and the split.
+    """
+    seed = int(training.get("seed", 0))
+    spec = clip_spec(clips)
+    train_rows = split[split["role"] == "train"]
+    val_rows = split[split["role"] == "val"]
+    if train_rows.empty:
+        raise ValueError("split has no training videos")
+    train_set = EchoClipDataset(
+        store, train_rows, spec, train=True, seed=seed, augment_pad=int(clips.get("augment_pad", 0))
+    )
+    val_set = (
+        EchoClipDataset(
+            store,
+            val_rows,
+            spec,
+            train=False,
+            n_eval_clips=int(clips.get("val_clips", 1)),
+            seed=seed,
+        )
+        if len(val_rows)
+        else None
+    )
+    config = train_config({**training, "seed": seed})
+    key = run_key(
+        arch,
+        {k: v for k, v in clips.items()},
+        {k: v for k, v in training.items() if k not in _NOT_IN_RUN_KEY},
+        sorted(train_rows["FileName"]),
+        sorted(val_rows["FileName"]),
+        str(store.root),
+    )
+    name = _split_label(split)
+    work_dir = Path(training.get("work_dir", "data/06_models/work")) / f"{name}-{key}"
+    if model is None:
+        model = build_cardiac_clip(arch, seed=seed)
+    result = fit(
+        model,
+        train_set,
+        val_set,
+        config,
+        work_dir,
+        loss_fn=loss_fn,
+        param_groups_fn=param_groups_fn,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "clips": dict(clips),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": {
+            "best_epoch": int(result.best_epoch),
+            "best_val_mae": float(result.best_val_mae),
+            "epochs_run": len(result.history),
+            "n_train": len(train_rows),
+            "n_val": len(val_rows),
+            "work_dir": str(work_dir),
+        },
+    }
+    return checkpoint, result
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
+    """Rebuild a trained CardiacCLIP (architecture from the checkpoint, then its weights)."""
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"not a cardiac-pipeline CardiacCLIP checkpoint (format {checkpoint.get('format')!r}, "
+            f"expected {CHECKPOINT_FORMAT!r})"
+        )
+    model = build_cardiac_clip(checkpoint["arch"], weights=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file safely (no code execution)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def predict_on_table(
+    store: ClipStore,
+    table: pd.DataFrame,
+    checkpoint: dict[str, Any],
+    evaluation: dict[str, Any],
+    *,
+    model: torch.nn.Module | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Video-level predictions (mean over evenly spaced clips) for the rows of ``table``.
+
+    Attention entries get ``frame_indices`` [N, T]: the source-video frame of every clip
+    frame, so MFL weights can be drawn against the cardiac cycle.
+    """
+    spec = clip_spec(checkpoint["clips"])
+    n_clips = evaluation.get("n_clips", 4)
+    n_clips = n_clips if n_clips == "all" else int(n_clips)
+    dataset = EchoClipDataset(store, table, spec, train=False, n_eval_clips=n_clips)
+    model = model or model_from_checkpoint(checkpoint)
+    predictions, attention = predict_videos(
+        model,
+        dataset,
+        device=evaluation.get("device", "auto"),
+        batch_size=1,
+        progress=progress,
+    )
+    for name, item in attention.items():
+        if "frame_indices" not in item and "start" in item:
+            period = effective_period(spec, store.entry(name).get("fps"))
+            starts = np.asarray(item["start"]).reshape(-1, 1)
+            item["frame_indices"] = starts + period * np.arange(spec.frames)[None, :]
+    return predictions, attention
+
+
+def _split_label(split: pd.DataFrame) -> str:
+    k = split["k"].dropna().unique() if "k" in split else []
+    seed = split["seed"].dropna().unique() if "seed" in split else []
+    if len(k) and len(seed):
+        return f"k{int(k[0])}_seed{int(seed[0])}"
+    return "split"
