@@ -14,3 +14,7 @@ CONFIG_LOADER_ARGS = {
     # conf/local/parameters.yml may override one nested key without restating its siblings
     "merge_strategy": {"parameters": "soft"},
 }
+
+# Tracking is this project's own hook (hooks.py); a kedro-mlflow install would read the same
+# mlflow.yml with another schema, so its auto-registered hook is switched off.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow",)
