@@ -25,7 +25,9 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     kedro_project.run("fewshot")
     root = kedro_project.path
 
-    metrics = pd.read_csv(next((root / "data/08_reporting/fewshot_metrics.csv").glob("*/fewshot_metrics.csv")))
+    metrics = pd.read_csv(
+        next((root / "data/08_reporting/fewshot_metrics.csv").glob("*/fewshot_metrics.csv"))
+    )
     cardiac = metrics[metrics["method"] == "cardiac_clip"]
     assert sorted(cardiac["split"]) == ["k1_seed0", "k1_seed1"]
     assert cardiac["mae"].between(0, 100).all()
@@ -40,4 +42,8 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     predictions = root / "data/07_model_output/fewshot_predictions"
     table = pd.read_csv(next(predictions.glob("*/fewshot_predictions/k1_seed0.csv")))
     assert len(table) == 6 and table["EF_pred"].between(0, 100).all()
-    assert list((root / "data/08_reporting/fewshot_plots").glob("*/fewshot_plots/k1_seed0/mfl_attention.png"))
+    assert list(
+        (root / "data/08_reporting/fewshot_plots").glob(
+            "*/fewshot_plots/k1_seed0/mfl_attention.png"
+        )
+    )

@@ -42,7 +42,7 @@ class ClipStoreDataset(AbstractDataset[ClipStoreRequest, ClipStore]):
     def save(self, data: ClipStoreRequest) -> None:
         key = store_key(data.echonet_root, {"size": data.size, **data.options})
         root = self._path / key
-        build_clip_store(data.index, root, size=data.size, workers=data.workers)
+        build_clip_store(data.index, root, size=data.size, workers=data.workers, **data.options)
         pointer = {"key": key, "echonet_root": str(data.echonet_root), "size": data.size}
         self._path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._path, prefix=".current.")

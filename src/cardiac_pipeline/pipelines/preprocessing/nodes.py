@@ -18,4 +18,5 @@ def request_clip_store(
         echonet_root=echonet_root,
         size=int(preprocessing["size"]),
         workers=int(preprocessing.get("workers", 1)),
+        options={k: v for k, v in preprocessing.items() if k in ("fit", "grey_tolerance")},
     )
