@@ -1,0 +1,353 @@
+"""LVEF for new, unlabelled videos in a folder, with a trained CardiacCLIP checkpoint.
+
+The model comes from a local checkpoint file, a fewshot_models folder, or an MLflow run
+(``runs:/<id>`` or a bare run id: its artifact ``model/cardiac_clip.pt``, read from the
+configured tracking store). Videos are read one batch at a time (bounded memory), cut
+into the same evenly spaced test-time clips as evaluation, and averaged per video
+(``train.predict_videos``). Unreadable files are listed with their reason and skipped;
+the rest are predicted. Everything is deterministic: no randomness at inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cardiac_pipeline.echo.clips import (
+    ClipSpec,
+    clip_at,
+    clip_span,
+    effective_period,
+    eval_clip_starts,
+)
+from cardiac_pipeline.echo.inputs import (
+    InputVideo,
+    input_quality_flags,
+    list_videos,
+    read_input_video,
+)
+from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.prompts import LVEF_RANGES
+from cardiac_pipeline.model.train import predict_videos
+
+logger = logging.getLogger(__name__)
+
+MLFLOW_CHECKPOINT_ARTIFACT = "model/cardiac_clip.pt"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RANGE_COLUMNS = tuple(
+    "p_" + re.sub(r"[^a-z0-9]+", "_", r.name.lower()).strip("_") for r in LVEF_RANGES
+)
+PREDICTION_COLUMNS = (
+    "file",
+    "anonymous_id",
+    "EF_pred",
+    *RANGE_COLUMNS,
+    "n_clips",
+    "EF_clip_sd",
+    "n_frames",
+    "fps",
+    "flags",
+)
+
+
+class InMemoryClipDataset(Dataset):
+    """Evaluation clips of already-loaded, unlabelled videos (``EchoClipDataset`` needs EF).
+
+    Items match ``EchoClipDataset(train=False)``: ``clip`` ``(N, T, C, H, W)`` uint8,
+    ``ef`` None, ``file_name``, ``start`` (N,) and ``frame_indices`` (N, T).
+    """
+
+    def __init__(
+        self,
+        videos: list[tuple[str, np.ndarray, float]],
+        spec: ClipSpec,
+        n_clips: int | Literal["all"],
+    ) -> None:
+        self.videos = videos
+        self.spec = spec
+        self.n_clips = n_clips
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name, video, fps = self.videos[i]
+        starts = eval_clip_starts(video.shape[0], self.spec, self.n_clips, fps)
+        clip = np.stack([clip_at(video, int(s), self.spec, fps) for s in starts])
+        period = effective_period(self.spec, fps)
+        indices = starts[:, None] + period * np.arange(self.spec.frames)[None, :]
+        return {
+            "clip": torch.from_numpy(np.ascontiguousarray(clip)),
+            "ef": None,
+            "file_name": name,
+            "start": torch.from_numpy(starts),
+            "frame_indices": torch.from_numpy(indices),
+        }
+
+
+def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
+    """The first ``.pt`` (by name) of the newest version of a versioned checkpoint folder.
+
+    ``models_dir`` is ``data/06_models/fewshot_models``: ``<version>/fewshot_models/*.pt``,
+    versions named by Kedro's sortable timestamps. A plain folder of ``.pt`` files works too.
+    """
+    root = Path(models_dir)
+    direct = sorted(root.glob("*.pt"))
+    if direct:
+        return direct[0]
+    versions = sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith("."))
+    for version in reversed(versions):
+        found = sorted(version.glob("*/*.pt")) or sorted(version.glob("*.pt"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(
+        f"{root}: no checkpoint found (run the fewshot pipeline first, or give predict.model)"
+    )
+
+
+def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """The checkpoint dict and a description of where it came from.
+
+    ``model``: a checkpoint file; a folder (``latest_checkpoint``); ``runs:/<run id>``
+    (optionally ``/<artifact path>``), a bare 32-hex MLflow run id, or any MLflow artifact
+    URI (``models:/...``, ``mlflow-artifacts:/...``) pointing at the ``.pt`` or at a folder
+    holding ``cardiac_clip.pt``. MLflow reads the configured tracking store (set it first).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return recipe.load_checkpoint(path), str(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        return recipe.load_checkpoint(found), str(found)
+    if _RUN_ID.match(text):
+        uri = f"runs:/{text}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    elif text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
+        uri = f"{text.rstrip('/')}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    elif "://" in text or text.startswith(("runs:/", "models:/")):
+        uri = text
+    else:
+        raise FileNotFoundError(
+            f"{text}: model not found (not a checkpoint file, a folder, or an MLflow run id/URI)"
+        )
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MlflowException and store errors alike
+        raise FileNotFoundError(f"{uri}: cannot fetch the model from MLflow ({exc})") from exc
+    if local.is_dir():
+        local = next(iter(sorted(local.rglob("*.pt"))), local / "cardiac_clip.pt")
+    return recipe.load_checkpoint(local), uri
+
+
+def _failure(path: Path, exc: Exception) -> dict[str, str]:
+    reason = str(exc)
+    # messages name the file; keep only the file name, never a (possibly PHI-bearing) path
+    reason = reason.replace(str(path), path.name)
+    return {"file": path.name, "reason": f"{type(exc).__name__}: {reason}"}
+
+
+def predict_folder(
+    folder: str | os.PathLike,
+    checkpoint: dict[str, Any],
+    *,
+    n_clips: int | Literal["all"] = 2,
+    device: str = "auto",
+    size: int = 112,
+    load_batch: int = 8,
+    quality: dict[str, Any] | None = None,
+    progress: bool = False,
+    model: torch.nn.Module | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Predict LVEF for every video in ``folder``: (predictions, failures, attention).
+
+    predictions: one row per readable video, columns ``PREDICTION_COLUMNS`` (range
+    probabilities named after the LVEF ranges, in order bin 0..4; ``flags`` a ``;``-joined
+    list from ``input_quality_flags``, empty when none). failures: ``file, reason``.
+    attention: ``{file: {attention (N, T), frame_indices (N, T), start (N,), frames}}``
+    where ``frames`` holds a few model-ready frames for reports. ``load_batch`` videos are
+    held in memory at a time. ``quality`` overrides ``input_quality_flags`` thresholds
+    (``min_frames`` defaults to one clip's span).
+    """
+    spec = recipe.clip_spec(checkpoint["clips"])
+    n_clips = n_clips if n_clips == "all" else int(n_clips)
+    model = model or recipe.model_from_checkpoint(checkpoint)
+    quality = dict(quality or {})
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    attention: dict[str, dict[str, Any]] = {}
+    paths = list_videos(folder)
+    started = time.perf_counter()
+    for first in range(0, len(paths), max(1, load_batch)):
+        batch: list[InputVideo] = []
+        for path in paths[first : first + max(1, load_batch)]:
+            try:
+                batch.append(read_input_video(path, size))
+            except Exception as exc:  # any unreadable file is listed, never fatal
+                failures.append(_failure(path, exc))
+                logger.warning("%s: skipped (%s)", path.name, failures[-1]["reason"])
+        if not batch:
+            continue
+        dataset = InMemoryClipDataset(
+            [(v.display_name, v.frames, v.fps) for v in batch], spec, n_clips
+        )
+        table, attn = predict_videos(model, dataset, device=device, progress=progress)
+        by_name = table.set_index("FileName")
+        for video in batch:
+            pred = by_name.loc[video.display_name]
+            source = None if video.kind == "dicom" else (video.source_height, video.source_width)
+            flags = input_quality_flags(
+                video.frames,
+                video.fps,
+                source_size=source,
+                grey=video.grey,
+                expected_size=size,
+                **{"min_frames": clip_span(spec, video.fps), **quality},
+            )
+            row: dict[str, Any] = {
+                "file": video.display_name,
+                "anonymous_id": video.anonymous_id or "",
+                "EF_pred": float(pred["EF_pred"]),
+            }
+            for k, column in enumerate(RANGE_COLUMNS):
+                row[column] = float(pred.get(f"p_bin_{k}", np.nan))
+            row.update(
+                n_clips=int(pred["n_clips"]),
+                EF_clip_sd=float(pred["EF_clip_sd"]),
+                n_frames=int(video.frames.shape[0]),
+                fps=float(video.fps),
+                flags=";".join(flags),
+            )
+            rows.append(row)
+            entry = dict(attn.get(video.display_name, {}))
+            picks = np.linspace(0, video.frames.shape[0] - 1, 4).round().astype(int)
+            entry["frames"] = video.frames[picks].copy()
+            entry["frame_numbers"] = picks
+            attention[video.display_name] = entry
+    elapsed = time.perf_counter() - started
+    logger.info("predicted %d videos (%d failed) in %.1f s", len(rows), len(failures), elapsed)
+    predictions = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    return predictions, pd.DataFrame(failures, columns=["file", "reason"]), attention
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _png_base64(image: np.ndarray) -> str:
+    import base64
+
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def _frame_strip(frames: np.ndarray, gap: int = 4) -> np.ndarray:
+    """``(K, C, H, W)`` frames side by side as one OpenCV image (grey or BGR)."""
+    tiles = []
+    for frame in frames:
+        tile = frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)[..., ::-1]
+        tiles.append(tile)
+        tiles.append(np.full((tile.shape[0], gap, *tile.shape[2:]), 255, np.uint8))
+    return np.ascontiguousarray(np.concatenate(tiles[:-1], axis=1))
+
+
+def _figure_base64(figure: Any) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def prediction_report_html(
+    predictions: pd.DataFrame,
+    failures: pd.DataFrame,
+    attention: dict[str, dict[str, Any]],
+    *,
+    title: str = "LVEF predictions",
+    model_source: str = "",
+) -> str:
+    """A self-contained HTML page: per video a few frames, LVEF, range probabilities, MFL attention.
+
+    Images are embedded as base64 PNG, so the page is one file to share. Videos are named
+    by file name (DICOM: file name and anonymised id), never by header content.
+    """
+    from html import escape
+
+    from cardiac_pipeline.echo.plots import attention_over_frames
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+        ".video{border-top:2px solid #444;margin-top:1.5em;padding-top:.5em}"
+        ".flag{color:#b00}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p>{len(predictions)} videos predicted, {len(failures)} unreadable."
+        + (f" Model: <code>{escape(model_source)}</code>" if model_source else "")
+        + "</p>",
+    ]
+    if len(failures):
+        parts.append("<h2>Unreadable files</h2><table><tr><th>file</th><th>reason</th></tr>")
+        for _, row in failures.iterrows():
+            parts.append(
+                f"<tr><td>{escape(str(row['file']))}</td><td>{escape(str(row['reason']))}</td></tr>"
+            )
+        parts.append("</table>")
+    for _, row in predictions.iterrows():
+        name = str(row["file"])
+        label = name + (f" ({row['anonymous_id']})" if row.get("anonymous_id") else "")
+        parts.append(f"<div class='video'><h2>{escape(label)}</h2>")
+        parts.append(
+            f"<p><b>LVEF {row['EF_pred']:.1f}%</b> (SD over {int(row['n_clips'])} clips "
+            f"{row['EF_clip_sd']:.1f}); {int(row['n_frames'])} frames at {row['fps']:g} fps</p>"
+        )
+        flags = str(row.get("flags") or "")
+        if flags and flags != "nan":
+            parts.append(f"<p class='flag'>Input unlike training data: {escape(flags)}</p>")
+        cells = "".join(
+            f"<tr><td>{escape(r.name.title())}</td><td>{row[c]:.2f}</td></tr>"
+            for r, c in zip(LVEF_RANGES, RANGE_COLUMNS, strict=True)
+            if c in row and pd.notna(row[c])
+        )
+        if cells:
+            parts.append(f"<table><tr><th>LVEF range</th><th>probability</th></tr>{cells}</table>")
+        item = attention.get(name, {})
+        if item.get("frames") is not None:
+            numbers = ", ".join(str(int(n)) for n in item.get("frame_numbers", []))
+            parts.append(
+                f"<p>Frames {escape(numbers)}:<br><img alt='frames' "
+                f"src='data:image/png;base64,{_png_base64(_frame_strip(item['frames']))}'></p>"
+            )
+        if item.get("attention") is not None and item.get("frame_indices") is not None:
+            weights, indices = np.asarray(item["attention"]), np.asarray(item["frame_indices"])
+            figure = attention_over_frames(
+                list(weights),
+                list(indices),
+                [f"clip {i + 1} (from frame {int(ix[0])})" for i, ix in enumerate(indices)],
+            )
+            parts.append(
+                f"<p>MFL attention over time:<br><img alt='attention' "
+                f"src='data:image/png;base64,{_figure_base64(figure)}'></p>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,175 @@
+"""Predict on new videos: mixed formats, failures listed, deterministic, PHI-free, via Kedro."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cardiac_pipeline.echo.video import write_video
+from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.predict import (
+    MLFLOW_CHECKPOINT_ARTIFACT,
+    RANGE_COLUMNS,
+    latest_checkpoint,
+    predict_folder,
+    prediction_report_html,
+    resolve_checkpoint,
+)
+from tests.echo.test_dicom import PHI, write_echo
+from tests.echo.test_inputs import moving_video
+
+ARCH = {
+    "backbone": {"name": "echo-vit-tiny", "pretrained": None},
+    "cardiac_clip": {"scales": [1], "pooling": "attention", "head": "prompt"},
+}
+
+
+def tiny_checkpoint(seed: int = 0) -> dict:
+    model = recipe.build_cardiac_clip(ARCH, seed=seed)
+    return {
+        "format": recipe.CHECKPOINT_FORMAT,
+        "arch": ARCH,
+        "clips": {"frames": 4, "period": 2},
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "meta": {"best_epoch": 0},
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "k1_seed0.pt"
+    torch.save(tiny_checkpoint(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    write_video(folder / "clinic_a.avi", moving_video(24, 64, 80), 50)
+    write_video(folder / "clinic_b.mp4", moving_video(24), 50)
+    write_echo(folder / "echo_001.dcm", n_frames=24)
+    (folder / "corrupt.avi").write_bytes(b"RIFF" + bytes(300))
+    return folder
+
+
+def assert_no_phi(text: str, where: str) -> None:
+    for secret in PHI:
+        assert secret not in text, f"PHI {secret!r} leaked into {where}"
+
+
+def test_mixed_folder_three_predictions_one_failure_deterministic(
+    checkpoint_file: Path, video_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoint = recipe.load_checkpoint(checkpoint_file)
+    with caplog.at_level(logging.DEBUG):
+        first, failures, details = predict_folder(video_folder, checkpoint, n_clips=2, device="cpu")
+    second, _, _ = predict_folder(video_folder, checkpoint, n_clips=2, device="cpu")
+
+    assert sorted(first["file"]) == ["clinic_a.avi", "clinic_b.mp4", "echo_001.dcm"]
+    assert failures["file"].tolist() == ["corrupt.avi"] and "corrupt.avi" in failures["reason"][0]
+    pd.testing.assert_frame_equal(first, second)  # same model and input: same numbers
+
+    rows = first.set_index("file")
+    assert rows["EF_pred"].between(15, 85).all()  # expectation over the range bin values
+    assert np.allclose(rows[list(RANGE_COLUMNS)].sum(axis=1), 1.0)
+    assert (rows["n_clips"] == 2).all() and (rows["EF_clip_sd"] >= 0).all()
+    assert rows.loc["echo_001.dcm", "anonymous_id"].startswith("0X")
+    assert rows.loc["clinic_a.avi", "anonymous_id"] == ""
+    assert rows.loc["clinic_a.avi", "flags"] == "non_standard_size 80x64"
+    assert rows.loc["clinic_b.mp4", "flags"] == ""
+    attention = details["echo_001.dcm"]
+    assert attention["attention"].shape == (2, 4) and attention["frame_indices"].shape == (2, 4)
+    assert np.allclose(attention["attention"].sum(axis=1), 1.0, atol=1e-5)
+
+    html = prediction_report_html(first, failures, details)
+    assert html.count("<div class='video'>") == 3 and "corrupt.avi" in html
+    assert html.count("data:image/png;base64,") == 6  # frames + attention per video
+    for where, text in (("CSV", first.to_csv()), ("failures", failures.to_csv()), ("HTML", html)):
+        assert_no_phi(text, where)
+    assert_no_phi(caplog.text, "logs")
+
+
+def test_other_model_gives_other_numbers(checkpoint_file: Path, video_folder: Path) -> None:
+    a, _, _ = predict_folder(video_folder, recipe.load_checkpoint(checkpoint_file), device="cpu")
+    b, _, _ = predict_folder(video_folder, tiny_checkpoint(seed=1), device="cpu")
+    assert not np.allclose(a["EF_pred"], b["EF_pred"])
+
+
+def test_resolves_path_folder_and_mlflow_run(
+    tmp_path: Path, checkpoint_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions = tmp_path / "fewshot_models"
+    for version in ("2024-01-01T00.00.00.000Z", "2025-01-01T00.00.00.000Z"):
+        (versions / version / "fewshot_models").mkdir(parents=True)
+        for name in ("k2_seed0.pt", "k1_seed0.pt"):
+            (versions / version / "fewshot_models" / name).write_bytes(checkpoint_file.read_bytes())
+    newest = latest_checkpoint(versions)
+    assert newest.parent.parent.name.startswith("2025") and newest.name == "k1_seed0.pt"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        latest_checkpoint(tmp_path / "empty")
+
+    checkpoint, source = resolve_checkpoint(str(checkpoint_file))
+    assert source == str(checkpoint_file) and checkpoint["format"] == recipe.CHECKPOINT_FORMAT
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    copy = tmp_path / "cardiac_clip.pt"  # the name the fewshot pipeline logs it under
+    copy.write_bytes(checkpoint_file.read_bytes())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_artifact(str(copy), artifact_path=MLFLOW_CHECKPOINT_ARTIFACT.split("/")[0])
+    for ref in (run.info.run_id, f"runs:/{run.info.run_id}"):
+        loaded, source = resolve_checkpoint(ref)
+        assert source == f"runs:/{run.info.run_id}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+        for key, value in checkpoint["state_dict"].items():
+            assert torch.equal(loaded["state_dict"][key], value)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_predict_pipeline_through_kedro(
+    kedro_project, checkpoint_file: Path, video_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        kedro_project.run(
+            "predict",
+            runtime_params={
+                "predict": {
+                    "input_dir": str(video_folder),
+                    "model": str(checkpoint_file),
+                    "device": "cpu",
+                }
+            },
+        )
+    root = kedro_project.path
+    predictions = pd.read_csv(
+        next((root / "data/07_model_output/predictions.csv").glob("*/predictions.csv"))
+    )
+    failures = pd.read_csv(
+        next((root / "data/07_model_output/prediction_failures.csv").glob("*/*.csv"))
+    )
+    assert len(predictions) == 3 and failures["file"].tolist() == ["corrupt.avi"]
+    report = next((root / "data/08_reporting/predict_report").glob("report.html/*/report.html"))
+    assert report.read_text().count("<div class='video'>") == 3
+
+    for path in (root / "data").rglob("*"):
+        if path.is_file():
+            assert_no_phi(path.read_bytes().decode("utf-8", "replace"), str(path))
+    assert_no_phi(caplog.text, "logs")
+
+    runs = mlflow.search_runs(search_all_experiments=True)
+    run = runs[runs["tags.kedro.pipeline"] == "predict"].iloc[0]
+    assert run["metrics.n_predicted"] == 3 and run["metrics.n_failed"] == 1
+    assert run["metrics.videos_per_s"] > 0
+    artifacts = mlflow.artifacts.list_artifacts(run_id=run["run_id"], artifact_path="predict")
+    assert {Path(a.path).name for a in artifacts} == {
+        "predictions.csv",
+        "prediction_failures.csv",
+        "predict_report.html",
+    }
