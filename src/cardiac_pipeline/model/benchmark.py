@@ -1,0 +1,194 @@
+"""One benchmark method on one (k, seed) split: train (or not) and predict the TEST videos.
+
+Methods are configuration, not code paths to copy: every CardiacCLIP ablation is the same
+recipe with other ``cardiac_clip`` / ``backbone`` values, so all of them share identical
+splits, clips, schedule and evaluation. Kinds:
+
+- ``zero_shot``: the pretrained CLIP scores "... ESTIMATED TO BE X%" prompts; no labels.
+- ``linear_probe``: ridge regression on frozen pretrained video embeddings (cached once).
+- ``cardiac_clip``: the fewshot recipe; ``pretrained: false`` trains from random init.
+- ``echonet_regressor``: torchvision R(2+1)D-18 with a regression head, from scratch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.model import recipe
+
+KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in (override or {}).items():
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def method_settings(method: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The base recipe (backbone, cardiac_clip, clips, training, evaluation) with the method's overrides."""
+    return {
+        key: _merge(base[key], method.get(key))
+        for key in ("backbone", "cardiac_clip", "clips", "training", "evaluation")
+    }
+
+
+def run_method(
+    name: str,
+    method: dict[str, Any],
+    store: ClipStore,
+    split: pd.DataFrame,
+    *,
+    base: dict[str, Any],
+    pretrained_backbone: str | None,
+    cache_dir: str | Path,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """TEST predictions (``FileName, EF_true, EF_pred``) of one method trained on ``split``."""
+    kind = method.get("kind", "cardiac_clip")
+    if kind not in KINDS:
+        raise ValueError(f"benchmark method {name!r}: unknown kind {kind!r} (one of {KINDS})")
+    settings = method_settings(method, base)
+    test = split[split["role"] == "test"]
+    train = split[split["role"] == "train"]
+    uses_pretrained = method.get("pretrained", kind in ("zero_shot", "linear_probe"))
+    if uses_pretrained and not pretrained_backbone:
+        raise ValueError(
+            f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
+        )
+    settings["backbone"]["pretrained"] = pretrained_backbone if uses_pretrained else None
+    device = settings["training"].get("device", "auto")
+
+    if kind == "zero_shot":
+        return _zero_shot(store, test, settings)
+    if kind == "linear_probe":
+        return _linear_probe(store, train, test, settings, Path(cache_dir))
+    arch = {
+        "backbone": settings["backbone"],
+        "cardiac_clip": {**settings["cardiac_clip"], "method": name},
+    }
+    training = {**settings["training"], "work_dir": str(Path(cache_dir) / "runs" / name)}
+    seed = int(split["seed"].dropna().iloc[0]) if split["seed"].notna().any() else 0
+    training["seed"] = seed
+    extra: dict[str, Any] = {}
+    if kind == "echonet_regressor":
+        from cardiac_pipeline.model.video_regressor import (
+            EchoNetVideoRegressor,
+            l1_loss,
+            regressor_param_groups,
+        )
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            extra = {
+                "model": EchoNetVideoRegressor(),
+                "loss_fn": l1_loss,
+                "param_groups_fn": regressor_param_groups,
+            }
+        arch = {
+            "backbone": {"name": "r2plus1d_18", "pretrained": None},
+            "cardiac_clip": {"method": name},
+        }
+    _, result = recipe.train_on_split(
+        store,
+        split,
+        arch=arch,
+        clips=settings["clips"],
+        training=training,
+        progress=progress,
+        **extra,
+    )
+    model = extra.get("model")
+    if model is None:
+        model = recipe.build_cardiac_clip(arch, seed=seed)
+        state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["model"]
+        model.load_state_dict(state)
+    checkpoint = {"clips": settings["clips"]}
+    predictions, _ = recipe.predict_on_table(
+        store,
+        test,
+        checkpoint,
+        {**settings["evaluation"], "device": device},
+        model=model,
+        progress=progress,
+    )
+    return predictions[["FileName", "EF_true", "EF_pred"]]
+
+
+def _pretrained(settings: dict[str, Any]):
+    from cardiac_pipeline.model.backbone import create_backbone
+
+    return create_backbone(settings["backbone"]["name"], settings["backbone"]["pretrained"])
+
+
+def _zero_shot(store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    from cardiac_pipeline.model.pretrain import zero_shot_predict
+
+    clips, evaluation = settings["clips"], settings["evaluation"]
+    table = zero_shot_predict(
+        _pretrained(settings),
+        store,
+        test,
+        frames=int(clips["frames"]),
+        period=int(clips["period"]),
+        n_clips=int(evaluation.get("n_clips", 2)),
+    )
+    return table.merge(test[["FileName", "EF"]].rename(columns={"EF": "EF_true"}), on="FileName")[
+        ["FileName", "EF_true", "EF_pred"]
+    ]
+
+
+def _linear_probe(
+    store: ClipStore,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    settings: dict[str, Any],
+    cache_dir: Path,
+) -> pd.DataFrame:
+    from cardiac_pipeline.model.data import EchoClipDataset
+    from cardiac_pipeline.model.linear_probe import (
+        EmbeddingCache,
+        embed_videos,
+        fit_linear_probe,
+        predict_linear_probe,
+    )
+
+    arch = {
+        "backbone": settings["backbone"],
+        "cardiac_clip": {"scales": [1], "pooling": "mean", "head": "linear"},
+    }
+    model = recipe.build_cardiac_clip(arch, seed=0).eval()
+    spec = recipe.clip_spec(settings["clips"])
+    n_clips = int(settings["evaluation"].get("n_clips", 2))
+    weights = Path(str(settings["backbone"]["pretrained"]))
+    model_id = f"{settings['backbone']['name']}-{weights.name}-{int(weights.stat().st_mtime_ns) if weights.exists() else 0}"
+    cache = EmbeddingCache(cache_dir / "embeddings")
+    clip_params = {**settings["clips"], "n_clips": n_clips, "store": str(store.root)}
+    table = pd.concat([train, test]).drop_duplicates("FileName").set_index("FileName")
+
+    def compute(names: list[str]) -> tuple[np.ndarray, list[str]]:
+        rows = table.loc[names].reset_index()
+        dataset = EchoClipDataset(store, rows, spec, train=False, n_eval_clips=n_clips)
+        return embed_videos(lambda clips: model(clips).video_embedding, dataset, batch_size=8)
+
+    train_emb = cache.get_or_compute(model_id, clip_params, train["FileName"].tolist(), compute)
+    test_emb = cache.get_or_compute(model_id, clip_params, test["FileName"].tolist(), compute)
+    probe = fit_linear_probe(train_emb, train["EF"].to_numpy(dtype=float))
+    return pd.DataFrame(
+        {
+            "FileName": test["FileName"].to_numpy(),
+            "EF_true": test["EF"].to_numpy(dtype=float),
+            "EF_pred": predict_linear_probe(probe, test_emb),
+        }
+    )

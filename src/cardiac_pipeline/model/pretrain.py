@@ -1,0 +1,279 @@
+"""Video-report contrastive pretraining of a CLIP backbone, and EchoCLIP-style zero-shot LVEF.
+
+Pretraining rebuilds, at CPU size, what EchoCLIP did on a hospital's archive: each video is
+paired with its report, a video embedding is the mean of the normalised image embeddings
+of ``frames`` sampled frames, and both towers learn with the symmetric InfoNCE loss of
+CLIP (learnable temperature ``logit_scale``). Zero-shot LVEF then needs no labels: the
+video embedding is compared with the prompts "THE LEFT VENTRICULAR EJECTION FRACTION IS
+ESTIMATED TO BE X%" for every X, and ``prompts.zero_shot_ef`` turns the ranking into an EF.
+
+Frames come from the clip store as uint8 and are normalised on the device (grey C = 1 is
+expanded to the three channels the image tower expects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts, sample_clip
+from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.model.backbone import Backbone
+from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts
+
+HISTORY_COLUMNS = ["epoch", "loss", "logit_scale", "seconds"]
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature at 1/100
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _fps(store: ClipStore, file_name: str) -> float | None:
+    fps = store.entry(file_name).get("fps")
+    return float(fps) if fps is not None else None
+
+
+def _normalise_frames(
+    clips: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """``(..., C, H, W)`` uint8 -> float ``(N, 3, H, W)`` normalised on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(clips)).to(device)
+    x = x.reshape(-1, *x.shape[-3:]).float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    mean_t = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def encode_videos(
+    model: nn.Module,
+    clips: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+) -> torch.Tensor:
+    """``(B, T, C, H, W)`` uint8 clips -> ``(B, T, D)`` normalised per-frame embeddings."""
+    batch, frames = clips.shape[:2]
+    images = _normalise_frames(clips, mean, std, device)
+    embeddings = F.normalize(model.encode_image(images), dim=-1)
+    return embeddings.view(batch, frames, -1)
+
+
+def video_embedding(frame_embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean of normalised frame embeddings ``(B, T, D)``, renormalised: ``(B, D)``."""
+    return F.normalize(frame_embeddings.mean(dim=1), dim=-1)
+
+
+def clip_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP over a batch of matching (video, text) pairs."""
+    logits = logit_scale.exp() * video @ text.t()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def _check_table(store: ClipStore, table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    missing = set(columns) - set(table.columns)
+    if missing:
+        raise ValueError(f"table lacks columns {sorted(missing)} (has {list(table.columns)})")
+    absent = [name for name in table["FileName"].astype(str) if name not in store]
+    if absent:
+        raise ValueError(
+            f"{len(absent)} videos are not in clip store {store.root} (first: {absent[:3]})"
+        )
+    return table.reset_index(drop=True)
+
+
+def pretrain_clip(
+    backbone: Backbone,
+    store: ClipStore,
+    table: pd.DataFrame,
+    *,
+    epochs: int = 10,
+    batch_size: int = 32,
+    frames: int = 4,
+    period: int = 4,
+    target_fps: float | None = None,
+    lr: float = 5e-4,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Contrastively pretrain ``backbone.model`` on video-report pairs; ``(model, history)``.
+
+    ``table`` has ``FileName`` (in ``store``) and ``Report``. Each epoch shuffles the pairs,
+    takes one random clip of ``frames`` frames every ``period``-th (at ``target_fps`` when
+    set, so 30 and 50 fps videos span the same time) per video and minimises
+    the symmetric InfoNCE of the video-mean embeddings against the report embeddings, with
+    AdamW on every parameter (``logit_scale`` included, clamped at ln 100). Batches of one
+    pair carry no contrast and are skipped. ``seed`` fixes shuffling, clip starts and
+    dropout. ``history`` has one row per epoch: mean loss, logit_scale, seconds.
+    """
+    from tqdm.auto import tqdm
+
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
+    table = _check_table(store, table, ["FileName", "Report"])
+    if len(table) < 2:
+        raise ValueError(f"contrastive pretraining needs >= 2 video-report pairs, got {len(table)}")
+    dev = _device(device)
+    model = backbone.model.to(dev)
+    spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
+    names = table["FileName"].astype(str).tolist()
+    fps = {name: _fps(store, name) for name in names}
+    tokens = backbone.tokenizer(table["Report"].astype(str).tolist())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    history: list[dict[str, float]] = []
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model.train()
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            order = rng.permutation(len(names))
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            batches = [b for b in batches if len(b) >= 2]
+            losses: list[float] = []
+            bar = tqdm(batches, desc=f"pretrain {epoch + 1}/{epochs}", disable=not progress)
+            for batch in bar:
+                clips = np.stack(
+                    [sample_clip(store.load(names[i]), spec, rng, fps[names[i]]) for i in batch]
+                )
+                video = video_embedding(
+                    encode_videos(model, clips, backbone.mean, backbone.std, dev)
+                )
+                text = F.normalize(
+                    model.encode_text(tokens[torch.as_tensor(batch)].to(dev)), dim=-1
+                )
+                loss = clip_loss(video, text, model.logit_scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)),
+                    "logit_scale": float(model.logit_scale.detach().exp()),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    model.eval()
+    return model, pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+@torch.no_grad()
+def zero_shot_predict(
+    backbone: Backbone,
+    store: ClipStore,
+    table: pd.DataFrame,
+    *,
+    frames: int = 4,
+    period: int = 4,
+    target_fps: float | None = None,
+    n_clips: int = 2,
+    device: str | torch.device = "cpu",
+    values: Sequence[float] = ZERO_SHOT_EF_VALUES,
+    mode: Literal["video", "frame"] = "video",
+    top_fraction: float = 0.2,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """EchoCLIP-style zero-shot LVEF for every ``FileName`` of ``table``: ``(FileName, EF_pred)``.
+
+    Each video gives ``n_clips`` evenly spaced clips. ``mode="video"`` (what pretraining
+    optimised) scores the mean embedding of all their frames against every EF prompt;
+    ``mode="frame"`` scores each frame and ranks per frame (EchoCLIP's per-image scoring).
+    ``prompts.zero_shot_ef`` then averages the top ``top_fraction`` of the ranked values.
+    """
+    if mode not in ("video", "frame"):
+        raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
+    table = _check_table(store, table, ["FileName"])
+    dev = _device(device)
+    model = backbone.model.to(dev).eval()
+    spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
+    prompts = zero_shot_ef_prompts(values)
+    text = F.normalize(model.encode_text(backbone.tokenizer(prompts).to(dev)), dim=-1)
+    names = table["FileName"].astype(str).tolist()
+    predictions: list[float] = []
+    for i in range(0, len(names), batch_size):
+        clips = []
+        for name in names[i : i + batch_size]:
+            video, fps = store.load(name), _fps(store, name)
+            starts = eval_clip_starts(video.shape[0], spec, n_clips, fps)
+            clips.append(np.concatenate([clip_at(video, int(s), spec, fps) for s in starts]))
+        per_frame = encode_videos(model, np.stack(clips), backbone.mean, backbone.std, dev)
+        if mode == "video":
+            similarity = video_embedding(per_frame) @ text.t()
+        else:
+            similarity = per_frame @ text.t()
+        predictions.extend(
+            zero_shot_ef(similarity.float(), values, top_fraction=top_fraction).tolist()
+        )
+    return pd.DataFrame({"FileName": names, "EF_pred": predictions})
+
+
+# checkpoint with its config: what lets a pipeline skip pretraining ---------------------
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable short hash of a JSON-able config (what makes a cached checkpoint current)."""
+    payload = json.dumps(dict(config), sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def save_pretrained_checkpoint(
+    model: nn.Module, arch: str, path: str | os.PathLike, meta: Mapping[str, Any]
+) -> Path:
+    """Write ``{"arch", "state_dict", "meta"}`` atomically; ``create_backbone(arch, path)`` loads it.
+
+    ``meta`` must hold only plain values (str, numbers, lists, dicts) so the file stays
+    readable with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"arch": arch, "state_dict": state_dict, "meta": dict(meta)}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is for everyone
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta`` of a checkpoint written by ``save_pretrained_checkpoint``; None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: unreadable pretrained checkpoint ({error})") from error
+    meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else None
