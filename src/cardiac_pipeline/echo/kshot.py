@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cardiac_pipeline.echo.discs import strip_video_suffix
+
 SPLIT_COLUMNS = ["FileName", "EF", "Split", "role", "k", "seed"]
 ROLES = ("train", "val", "test")
 _ROLE_OF_SPLIT = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
@@ -101,13 +103,6 @@ def k_shot_split(
     return _finish(chosen, k, seed)
 
 
-def _strip_suffix(name: str) -> str:
-    for suffix in (".avi", ".mp4", ".AVI", ".MP4"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_split_file(
     path: str | os.PathLike,
     index: pd.DataFrame,
@@ -132,7 +127,7 @@ def read_split_file(
     missing = {"FileName", "Split"} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: split file lacks columns {sorted(missing)}")
-    names = table["FileName"].astype(str).str.strip().map(_strip_suffix)
+    names = table["FileName"].astype(str).str.strip().map(strip_video_suffix)
     roles = table["Split"].astype(str).str.strip().str.upper().map(_ROLE_OF_SPLIT)
     if roles.isna().any():
         bad = table.loc[roles.isna(), ["FileName", "Split"]].head(10).to_dict("records")
