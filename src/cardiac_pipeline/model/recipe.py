@@ -202,9 +202,15 @@ def predict_on_table(
     return predictions, attention
 
 
+def split_k_seed(split: pd.DataFrame) -> tuple[int | None, int | None]:
+    """The (k, seed) a split table records; None for a user-supplied split without them."""
+    values = []
+    for column in ("k", "seed"):
+        found = split[column].dropna().unique() if column in split else []
+        values.append(int(found[0]) if len(found) else None)
+    return values[0], values[1]
+
+
 def _split_label(split: pd.DataFrame) -> str:
-    k = split["k"].dropna().unique() if "k" in split else []
-    seed = split["seed"].dropna().unique() if "seed" in split else []
-    if len(k) and len(seed):
-        return f"k{int(k[0])}_seed{int(seed[0])}"
-    return "split"
+    k, seed = split_k_seed(split)
+    return f"k{k}_seed{seed}" if k is not None and seed is not None else "split"

@@ -72,7 +72,7 @@ def train_fewshot_models(
     models = {}
     arch = {"backbone": backbone, "cardiac_clip": cardiac_clip}
     for name, split in k_shot_splits.items():
-        k, seed = _k_seed(split)
+        k, seed = recipe.split_k_seed(split)
         tags = {"k": k, "seed": seed, "method": cardiac_clip.get("method", "cardiac_clip")}
         with child_run(name, tags) as run_id:
             if run_id:
@@ -110,7 +110,7 @@ def evaluate_fewshot_models(
     predictions, rows, figures = {}, [], {}
     for name, checkpoint in fewshot_models.items():
         split = k_shot_splits[name]
-        k, seed = _k_seed(split)
+        k, seed = recipe.split_k_seed(split)
         test = split[split["role"] == "test"]
         table, attention = recipe.predict_on_table(clip_store, test, checkpoint, evaluation)
         metrics = ef_metrics(table["EF_true"], table["EF_pred"])
@@ -162,12 +162,6 @@ def summarise_fewshot(fewshot_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str,
         _log_figure(figure, "plots/mae_vs_k.png")
     logger.info("Few-shot summary (test set):\n%s", markdown)
     return summary, markdown, figure
-
-
-def _k_seed(split: pd.DataFrame) -> tuple[int | None, int | None]:
-    k = split["k"].dropna().unique()
-    seed = split["seed"].dropna().unique()
-    return (int(k[0]) if len(k) else None, int(seed[0]) if len(seed) else None)
 
 
 def _evaluation_figures(
