@@ -170,14 +170,25 @@ def test_tracing_outlines_the_rendered_lv_cavity():
     assert video.edv > video.esv
 
 
-def test_heart_size_does_not_depend_on_ef():
-    """Only the motion carries EF: the same draws with another EF give the same ED heart."""
+def test_remodelling_links_still_heart_to_ef_only_when_switched_on():
+    """A failing LV is larger, rounder, thinner-walled; with remodelling 0 only motion carries EF."""
+    from dataclasses import replace
+
     site = SITES["target"]
     low = draw_phantom(np.random.default_rng(11), site, target_ef=20.0)
     high = draw_phantom(np.random.default_rng(11), site, target_ef=70.0)
+    assert low.lv_length > high.lv_length
+    assert low.lv_sphericity > high.lv_sphericity
+    assert low.wall_thickness < high.wall_thickness
+    assert low.la_size > high.la_size
+    assert np.array_equal(low.beat_edv, high.beat_edv)  # same draws otherwise
+
+    off = replace(site, remodelling=0.0)
+    low = draw_phantom(np.random.default_rng(11), off, target_ef=20.0)
+    high = draw_phantom(np.random.default_rng(11), off, target_ef=70.0)
     assert low.lv_length == high.lv_length
     assert low.lv_sphericity == high.lv_sphericity
-    assert np.array_equal(low.beat_edv, high.beat_edv)
+    assert low.wall_thickness == high.wall_thickness
     times = np.arange(low.n_frames) / low.fps
     assert not np.allclose(
         cardiac_cycle(low, times)["volume"], cardiac_cycle(high, times)["volume"]

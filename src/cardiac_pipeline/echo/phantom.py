@@ -144,13 +144,26 @@ def _draw_frame_rate(rng: np.random.Generator, site: Site) -> int:
     return int(rng.integers(site.fps_range[0], site.fps_range[1] + 1))
 
 
+def remodelling_shift(ef: float, strength: float = 1.0) -> float:
+    """How far an LV with this EF has remodelled: 0 at EF >= 55, 1 at EF 20, -0.4 at EF >= 69.
+
+    Scales the EF-linked part of heart size (log-length +0.12), sphericity (+0.10), wall
+    thickness (-22 %) and LA size (+20 %) in ``draw_phantom``; ``strength`` 0 switches it
+    off (every still frame then carries no EF information at all).
+    """
+    return strength * float(np.clip((55.0 - ef) / 35.0, -0.4, 1.0))
+
+
 def draw_phantom(
     rng: np.random.Generator, site: Site, target_ef: float | None = None
 ) -> PhantomParams:
     """Draw one video's parameters from ``site``; ``target_ef`` fixes the EF the geometry aims at.
 
-    Heart size, shape, position and all scanner settings are drawn independently of EF, so
-    no still frame's size tells the EF: only the motion between ED and ES does.
+    Scanner settings and heart position are drawn independently of EF. Heart size and shape
+    are too, except for remodelling (``site.remodelling``, see ``remodelling_shift``): as in
+    patients, a failing LV is larger, rounder and thinner-walled with a larger LA. A still
+    frame therefore hints at the EF, as real echo frames do (what makes frame-level echo
+    CLIP models work), while the EF itself is only measurable from the motion.
     """
     ef = draw_target_ef(rng, site) if target_ef is None else float(target_ef)
     hr_mean, hr_sd = site.heart_rate_bpm
@@ -178,8 +191,9 @@ def draw_phantom(
     beat_ef = np.clip(ef + rng.normal(0.0, site.beat_ef_sd, n_beats), 3.0, 95.0)
     beat_edv = np.clip(1.0 + rng.normal(0.0, site.beat_edv_sd, n_beats), 0.9, 1.1)
 
+    remodel = remodelling_shift(ef, site.remodelling)
     zoom = _uniform(rng, site.zoom)
-    heart_scale = float(np.exp(rng.normal(0.0, site.heart_scale_sd)))
+    heart_scale = float(np.exp(rng.normal(0.0, site.heart_scale_sd) + 0.12 * remodel))
     lv_length = site.lv_length_px * heart_scale * zoom
     size = site.size_px
     n_dropouts = int(rng.integers(site.dropout_blobs[0], site.dropout_blobs[1] + 1))
@@ -215,12 +229,12 @@ def draw_phantom(
         beat_edv=beat_edv,
         filling_early_share=_uniform(rng, site.filling_early_share),
         lv_length=lv_length,
-        lv_sphericity=_uniform(rng, site.lv_sphericity),
+        lv_sphericity=min(_uniform(rng, site.lv_sphericity) + 0.10 * remodel, 0.8),
         longitudinal_share=_uniform(rng, site.longitudinal_share),
-        wall_thickness=_uniform(rng, site.wall_thickness),
+        wall_thickness=_uniform(rng, site.wall_thickness) * (1.0 - 0.22 * remodel),
         rv_area_change=_uniform(rng, site.rv_area_change),
         rv_size=float(rng.uniform(0.85, 1.15)),
-        la_size=_uniform(rng, site.la_size),
+        la_size=_uniform(rng, site.la_size) * (1.0 + 0.2 * remodel),
         la_pulsation=_uniform(rng, site.la_pulsation),
         ra_size=float(rng.uniform(0.85, 1.15)),
         apex_x=(size - 1) / 2 + _uniform(rng, site.apex_lateral_px),

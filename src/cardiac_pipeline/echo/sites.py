@@ -37,7 +37,8 @@ class Site:
     beat_ef_sd: float = 1.2  # beat-to-beat EF variation (EF points)
     beat_edv_sd: float = 0.02  # beat-to-beat EDV variation (relative)
     lv_length_px: float = 50.0  # LV length at ED for heart scale 1 and zoom 1 (pixels)
-    heart_scale_sd: float = 0.11  # sd of log heart size (independent of EF)
+    heart_scale_sd: float = 0.11  # sd of log heart size (beside the remodelling shift)
+    remodelling: float = 1.0  # EF-linked LV dilation/sphericity/thinning (0: none)
     lv_sphericity: Range = (0.5, 0.68)  # ED cavity diameter / length
     longitudinal_share: Range = (0.15, 0.3)  # exponent: length shrinks as volume ** share
     wall_thickness: Range = (0.38, 0.55)  # ED wall thickness / ED cavity half-width
