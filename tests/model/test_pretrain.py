@@ -109,3 +109,23 @@ def test_zero_shot_after_pretraining_and_checkpoint_round_trip(
     again = zero_shot_predict(loaded, store, table, frames=4, period=4, n_clips=2)
     assert again["EF_pred"].tolist() == pytest.approx(predictions["EF_pred"].tolist())
     assert read_checkpoint_meta(tmp_path / "missing.pt") is None
+
+
+def test_backbone_pretrained_pretrain_resolves_to_the_checkpoint_and_its_arch(
+    pretrained, tmp_path: Path
+) -> None:
+    from cardiac_pipeline.model.recipe import with_pretrained
+
+    _, model, _ = pretrained
+    path = tmp_path / "pretrained_backbone.pt"
+    save_pretrained_checkpoint(model, ARCH, path, {})
+    resolved = with_pretrained({"name": "echo-convnext-tiny", "pretrained": "pretrain"}, str(path))
+    assert resolved == {"name": ARCH, "pretrained": str(path)}
+    other = {"name": "hf-hub:mkaichristensen/echo-clip", "pretrained": None}
+    assert with_pretrained(other, str(path)) == other  # anything else is left alone
+    with pytest.raises(ValueError, match="run `kedro run --pipeline pretrain`"):
+        with_pretrained({"name": ARCH, "pretrained": "pretrain"}, None)
+    not_ours = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, not_ours)
+    with pytest.raises(ValueError, match="not a pretrained checkpoint"):
+        with_pretrained({"name": ARCH, "pretrained": "pretrain"}, str(not_ours))

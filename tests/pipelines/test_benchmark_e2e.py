@@ -13,14 +13,9 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project):
     kedro_project.set_params(
         {
             **TINY,
-            "pretrain": {
-                "corpus": {"n_train": 8, "n_val": 0, "n_test": 0, "workers": 1},
-                "epochs": 1,
-                "batch_size": 4,
-                "frames": 2,
-            },
             "benchmark": {
                 "variant": "quick",
+                "recipe": {"clips": {"frames": 4, "period": 4}, "training": {"epochs": 1}},
                 "variants": {
                     "quick": {
                         "shots": [1],

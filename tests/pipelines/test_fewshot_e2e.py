@@ -5,17 +5,24 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
 TINY = {
     "synthetic": {"generate": {"n_train": 16, "n_val": 4, "n_test": 6, "seed": 7, "workers": 1}},
     "ingestion": {"workers": 1},
     "preprocessing": {"workers": 1},
     "fewshot": {"shots": [1], "seeds": [0, 1], "val_size": 4},
-    "backbone": {"name": "echo-vit-tiny"},
     "cardiac_clip": {"scales": [1, 2]},
     "clips": {"frames": 4, "period": 4, "val_clips": 1},
     "training": {"epochs": 1},
     "evaluation": {"n_clips": 2, "attention_plot_videos": 2},
+    "pretrain": {
+        "arch": "echo-vit-tiny",
+        "corpus": {"n_train": 8, "n_val": 0, "n_test": 0, "workers": 1},
+        "epochs": 1,
+        "batch_size": 4,
+        "frames": 2,
+    },
 }
 
 
@@ -42,6 +49,12 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     predictions = root / "data/07_model_output/fewshot_predictions"
     table = pd.read_csv(next(predictions.glob("*/fewshot_predictions/k1_seed0.csv")))
     assert len(table) == 6 and table["EF_pred"].between(0, 100).all()
+
+    # the default backbone.pretrained ("pretrain") adapts the pretrain pipeline's CLIP
+    model = next((root / "data/06_models/fewshot_models").glob("*/fewshot_models/k1_seed0.pt"))
+    backbone = torch.load(model, map_location="cpu", weights_only=True)["arch"]["backbone"]
+    assert backbone["pretrained"].endswith("pretrained_backbone.pt")
+    assert backbone["name"] == "echo-vit-tiny"  # the checkpoint's arch
     assert list(
         (root / "data/08_reporting/fewshot_plots").glob(
             "*/fewshot_plots/k1_seed0/mfl_attention.png"

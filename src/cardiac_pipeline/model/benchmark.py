@@ -67,7 +67,13 @@ def run_method(
         raise ValueError(
             f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
         )
-    settings["backbone"]["pretrained"] = pretrained_backbone if uses_pretrained else None
+    settings["backbone"] = recipe.with_pretrained(
+        {
+            **settings["backbone"],
+            "pretrained": recipe.PRETRAIN_CHECKPOINT if uses_pretrained else None,
+        },
+        pretrained_backbone,
+    )
     device = settings["training"].get("device", "auto")
 
     if kind == "zero_shot":
@@ -142,6 +148,7 @@ def _zero_shot(store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]) -
         test,
         frames=int(clips["frames"]),
         period=int(clips["period"]),
+        target_fps=clips.get("target_fps"),
         n_clips=int(evaluation.get("n_clips", 2)),
     )
     return table.merge(test[["FileName", "EF"]].rename(columns={"EF": "EF_true"}), on="FileName")[

@@ -266,14 +266,24 @@ def save_pretrained_checkpoint(
     return path
 
 
-def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``meta`` of a checkpoint written by ``save_pretrained_checkpoint``; None if absent."""
-    path = Path(path)
+def _read_checkpoint(path: Path) -> Mapping[str, Any] | None:
     if not path.is_file():
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path}: unreadable pretrained checkpoint ({error})") from error
-    meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
+    return checkpoint if isinstance(checkpoint, Mapping) else None
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta`` of a checkpoint written by ``save_pretrained_checkpoint``; None if absent."""
+    checkpoint = _read_checkpoint(Path(path)) or {}
+    meta = checkpoint.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else None
+
+
+def read_checkpoint_arch(path: str | os.PathLike) -> str | None:
+    """The architecture a ``save_pretrained_checkpoint`` file was trained as; None if absent."""
+    arch = (_read_checkpoint(Path(path)) or {}).get("arch")
+    return str(arch) if arch else None

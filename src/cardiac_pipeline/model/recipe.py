@@ -33,6 +33,30 @@ CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
 
 
+PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipeline's output
+
+
+def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    """``backbone`` with ``pretrained: pretrain`` resolved to ``checkpoint`` and its arch.
+
+    Any other ``pretrained`` (null, a file, ``local-dir:``, EchoCLIP's ``hf-hub:``) is kept.
+    The checkpoint knows the architecture it was trained as, so ``name`` follows it.
+    """
+    if str(backbone.get("pretrained")) != PRETRAIN_CHECKPOINT:
+        return dict(backbone)
+    if not checkpoint:
+        raise ValueError(
+            "backbone.pretrained is 'pretrain' but there is no pretrained checkpoint; "
+            "run `kedro run --pipeline pretrain` or set backbone.pretrained to null"
+        )
+    from cardiac_pipeline.model.pretrain import read_checkpoint_arch
+
+    arch = read_checkpoint_arch(checkpoint)
+    if arch is None:
+        raise ValueError(f"{checkpoint}: not a pretrained checkpoint of the pretrain pipeline")
+    return {**backbone, "name": arch, "pretrained": str(checkpoint)}
+
+
 def build_cardiac_clip(
     arch: dict[str, Any], *, seed: int | None = None, weights: bool = True
 ) -> CardiacCLIP:

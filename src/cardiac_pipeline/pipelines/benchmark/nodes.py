@@ -18,7 +18,7 @@ from cardiac_pipeline.echo.metrics import (
     mean_predictor_baseline,
     summarise_over_seeds,
 )
-from cardiac_pipeline.model.benchmark import run_method
+from cardiac_pipeline.model.benchmark import method_settings, run_method
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
 logger = logging.getLogger(__name__)
@@ -59,15 +59,22 @@ def run_benchmark(
     training: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> pd.DataFrame:
-    """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed."""
+    """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed.
+
+    The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a
+    grid of many runs), is the base that every method's own overrides start from.
+    """
     grid = _variant(benchmark)
-    base = {
-        "backbone": backbone,
-        "cardiac_clip": cardiac_clip,
-        "clips": clips,
-        "training": training,
-        "evaluation": evaluation,
-    }
+    base = method_settings(
+        benchmark.get("recipe") or {},
+        {
+            "backbone": backbone,
+            "cardiac_clip": cardiac_clip,
+            "clips": clips,
+            "training": training,
+            "evaluation": evaluation,
+        },
+    )
     rows = []
     zero_shot_cache: dict[str, pd.DataFrame] = {}
     for split_name, split in benchmark_splits.items():

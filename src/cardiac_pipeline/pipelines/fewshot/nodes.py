@@ -67,9 +67,17 @@ def train_fewshot_models(
     cardiac_clip: dict[str, Any],
     clips: dict[str, Any],
     training: dict[str, Any],
+    pretrained_backbone: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Train one CardiacCLIP per split; returns checkpoints (best validation MAE)."""
+    """Train one CardiacCLIP per split; returns checkpoints (best validation MAE).
+
+    ``backbone.pretrained: pretrain`` starts from ``pretrained_backbone`` (the pretrain
+    pipeline's checkpoint); any other value is passed to the backbone factory as it is.
+    """
     models = {}
+    backbone = recipe.with_pretrained(
+        backbone, str(pretrained_backbone) if pretrained_backbone else None
+    )
     arch = {"backbone": backbone, "cardiac_clip": cardiac_clip}
     for name, split in k_shot_splits.items():
         k, seed = recipe.split_k_seed(split)

@@ -1,12 +1,14 @@
 """``kedro run --pipeline fewshot``: the whole method on the configured dataset.
 
 synthetic (only when absent) -> ingestion -> preprocessing -> k-shot splits ->
-CardiacCLIP training per (k, seed) -> test evaluation -> summary over seeds.
+CardiacCLIP training per (k, seed) -> test evaluation -> summary over seeds. The pretrain
+pipeline runs first (a no-op once its checkpoint is current): with the default
+``backbone.pretrained: pretrain`` CardiacCLIP adapts that source-site CLIP.
 """
 
 from kedro.pipeline import Node, Pipeline
 
-from cardiac_pipeline.pipelines import ingestion, preprocessing, synthetic
+from cardiac_pipeline.pipelines import ingestion, preprocessing, pretrain, synthetic
 
 from .nodes import (
     evaluate_fewshot_models,
@@ -34,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:cardiac_clip",
                     "params:clips",
                     "params:training",
+                    "pretrained_backbone",
                 ],
                 outputs="fewshot_models",
                 name="train_cardiac_clip",
@@ -62,5 +65,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         synthetic.create_pipeline()
         + ingestion.create_pipeline()
         + preprocessing.create_pipeline()
+        + pretrain.create_pipeline()
         + method
     )
