@@ -184,7 +184,23 @@ def test_zero_shot_prompts_and_top_fraction_scoring() -> None:
     values = [10, 20, 30, 40, 50]
     similarity = torch.tensor([[0.1, 0.9, 0.8, 0.2, 0.0]])
     # top 40% of 5 candidates = 2 best: 20 and 30
-    assert float(zero_shot_ef(similarity, values, top_fraction=0.4)[0]) == pytest.approx(25.0)
+    top = {"aggregate": "top_fraction"}
+    assert float(zero_shot_ef(similarity, values, top_fraction=0.4, **top)[0]) == 25.0
     per_frame = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0]]])
     # best value per frame 50 and 10, averaged over frames -> 30
-    assert float(zero_shot_ef(per_frame, values, top_fraction=0.2)[0]) == pytest.approx(30.0)
+    assert float(zero_shot_ef(per_frame, values, top_fraction=0.2, **top)[0]) == 30.0
+    with pytest.raises(ValueError, match="aggregate"):
+        zero_shot_ef(similarity, values, aggregate="median")
+
+
+def test_zero_shot_expectation_is_sharp_when_sure_and_central_when_unsure() -> None:
+    values = [10, 20, 30, 40, 50]
+    sure = torch.tensor([[0.0, 0.0, 0.0, 0.9, 0.0]])
+    assert float(zero_shot_ef(sure, values, logit_scale=100.0)[0]) == pytest.approx(40.0, abs=1e-3)
+    unsure = torch.zeros(1, 5)
+    assert float(zero_shot_ef(unsure, values)[0]) == pytest.approx(30.0)
+    # softmax(1 * [0, ln 3]) puts 1/4 on 10 and 3/4 on 20
+    two = torch.tensor([[0.0, math.log(3.0)]])
+    assert float(zero_shot_ef(two, [10, 20], logit_scale=1.0)[0]) == pytest.approx(17.5)
+    frames = torch.stack([sure, unsure], dim=1)  # [1, 2, 5]: per-frame estimates averaged
+    assert float(zero_shot_ef(frames, values)[0]) == pytest.approx(35.0, abs=1e-3)

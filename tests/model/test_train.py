@@ -181,6 +181,22 @@ def test_loss_decreases_and_history_is_complete(tmp_path: Path) -> None:
     assert logged[2][1]["val_mae"] == h["val_mae"].iloc[2]
 
 
+def test_max_batches_per_epoch_caps_every_epoch(tmp_path: Path) -> None:
+    """16 videos in batches of 2 are 8 steps; the cap makes each epoch 3 (schedule too)."""
+    seen: list[str] = []
+
+    def spy_loss(output, ef, **weights):
+        seen.append("batch")
+        return fake_loss(output, ef, **weights)
+
+    _, result = run_fit(tmp_path, make_config(epochs=3, max_batches_per_epoch=3), loss_fn=spy_loss)
+    assert len(seen) == 9
+    expected = [LRS["head"] * 0.5 * (1 + math.cos(math.pi * 3 * e / 9)) for e in range(3)]
+    np.testing.assert_allclose(result.history["lr"], expected, rtol=1e-9)
+    with pytest.raises(ValueError, match="max_batches_per_epoch"):
+        make_config(max_batches_per_epoch=0)
+
+
 def test_interrupted_run_resumes_to_identical_result(tmp_path: Path) -> None:
     config = make_config(epochs=3)
     _, full = run_fit(tmp_path / "full", config)

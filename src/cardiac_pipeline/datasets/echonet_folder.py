@@ -49,10 +49,14 @@ class EchoNetFolderDataset(AbstractDataset[SyntheticRequest, Path]):
         return root
 
     def save(self, data: SyntheticRequest) -> None:
-        from cardiac_pipeline.echo.synthetic import generate_dataset
+        from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION, generate_dataset
 
         root = self._path.resolve()
-        wanted = json.dumps(data.params, sort_keys=True, default=str)
+        wanted = json.dumps(
+            {"generator_version": GENERATOR_VERSION, "params": data.params},
+            sort_keys=True,
+            default=str,
+        )
         marker = root / MARKER
         if root.exists() and any(root.iterdir()):
             if not marker.is_file():
@@ -65,7 +69,7 @@ class EchoNetFolderDataset(AbstractDataset[SyntheticRequest, Path]):
             if marker.read_text() == wanted and (root / "FileList.csv").is_file():
                 logger.info("Synthetic dataset at %s is up to date; not regenerating", root)
                 return
-            logger.info("Synthetic parameters changed; regenerating %s", root)
+            logger.info("Synthetic parameters or generator changed; regenerating %s", root)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:

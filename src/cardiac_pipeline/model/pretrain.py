@@ -197,6 +197,7 @@ def zero_shot_predict(
     device: str | torch.device = "cpu",
     values: Sequence[float] = ZERO_SHOT_EF_VALUES,
     mode: Literal["video", "frame"] = "video",
+    aggregate: Literal["expectation", "top_fraction"] = "expectation",
     top_fraction: float = 0.2,
     batch_size: int = 16,
 ) -> pd.DataFrame:
@@ -204,8 +205,10 @@ def zero_shot_predict(
 
     Each video gives ``n_clips`` evenly spaced clips. ``mode="video"`` (what pretraining
     optimised) scores the mean embedding of all their frames against every EF prompt;
-    ``mode="frame"`` scores each frame and ranks per frame (EchoCLIP's per-image scoring).
-    ``prompts.zero_shot_ef`` then averages the top ``top_fraction`` of the ranked values.
+    ``mode="frame"`` scores each frame (EchoCLIP's per-image scoring) and averages.
+    ``prompts.zero_shot_ef`` turns similarities into an EF: by default the expectation over
+    the candidate values at the model's own ``logit_scale``; ``aggregate="top_fraction"``
+    averages the best-ranked ``top_fraction`` of them instead.
     """
     if mode not in ("video", "frame"):
         raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
@@ -215,6 +218,7 @@ def zero_shot_predict(
     spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
     prompts = zero_shot_ef_prompts(values)
     text = F.normalize(model.encode_text(backbone.tokenizer(prompts).to(dev)), dim=-1)
+    logit_scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
     names = table["FileName"].astype(str).tolist()
     predictions: list[float] = []
     for i in range(0, len(names), batch_size):
@@ -229,7 +233,13 @@ def zero_shot_predict(
         else:
             similarity = per_frame @ text.t()
         predictions.extend(
-            zero_shot_ef(similarity.float(), values, top_fraction=top_fraction).tolist()
+            zero_shot_ef(
+                similarity.float(),
+                values,
+                aggregate=aggregate,
+                logit_scale=logit_scale,
+                top_fraction=top_fraction,
+            ).tolist()
         )
     return pd.DataFrame({"FileName": names, "EF_pred": predictions})
 

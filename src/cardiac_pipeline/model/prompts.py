@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -96,7 +96,9 @@ def ef_to_bin(ef: ArrayLike, edges: Sequence[float] = BIN_EDGES) -> ArrayLike:
 
 
 ZERO_SHOT_EF_TEMPLATE = EF_PROMPT_PREFIX + " {value}% "
-ZERO_SHOT_EF_VALUES: tuple[int, ...] = tuple(range(0, 101))
+# Candidate EFs: every integer of the clinical range (EF < 10 or > 90 is all but absent; a
+# from-scratch text tower has rarely or never seen those numbers in a report).
+ZERO_SHOT_EF_VALUES: tuple[int, ...] = tuple(range(10, 91))
 
 
 def zero_shot_ef_prompts(
@@ -114,21 +116,31 @@ def zero_shot_ef(
     similarity: torch.Tensor,
     values: Sequence[float] = ZERO_SHOT_EF_VALUES,
     *,
+    aggregate: Literal["expectation", "top_fraction"] = "expectation",
+    logit_scale: float = 100.0,
     top_fraction: float = 0.2,
 ) -> torch.Tensor:
-    """EF from similarities to ``zero_shot_ef_prompts(values)``, EchoCLIP style.
+    """EF from cosine similarities to ``zero_shot_ef_prompts(values)``, EchoCLIP style.
 
-    ``similarity`` is [B, V] (per video) or [B, F, V] (per frame). Candidate values are ranked
-    by similarity; with frames, the ranked values are averaged over frames first. The
-    prediction is the mean of the top ``top_fraction`` of the ranked values.
+    ``similarity`` is [B, V] (per video) or [B, F, V] (per frame; per-frame estimates are
+    averaged). ``aggregate="expectation"``: the mean of ``values`` under the softmax of
+    ``logit_scale * similarity`` (the model's own temperature), which shrinks an unsure
+    model towards the middle of the range. ``"top_fraction"``: rank the values by
+    similarity and average the best ``top_fraction`` of them (EchoCLIP's scoring).
     """
     if similarity.shape[-1] != len(values):
         raise ValueError(
             f"similarity has {similarity.shape[-1]} candidates but {len(values)} values"
         )
+    value_tensor = torch.as_tensor(values, dtype=torch.float32, device=similarity.device)
+    if aggregate == "expectation":
+        weights = torch.softmax(similarity * float(logit_scale), dim=-1)
+        estimate = (weights * value_tensor).sum(dim=-1)
+        return estimate.mean(dim=1) if estimate.dim() == 2 else estimate
+    if aggregate != "top_fraction":
+        raise ValueError(f"aggregate must be 'expectation' or 'top_fraction', got {aggregate!r}")
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    value_tensor = torch.as_tensor(values, dtype=torch.float32, device=similarity.device)
     ranked = value_tensor[torch.argsort(similarity, dim=-1, descending=True)]
     if ranked.dim() == 3:
         ranked = ranked.mean(dim=1)

@@ -85,6 +85,8 @@ class TrainConfig:
     ``eval_clip_chunk`` caps the clips per forward pass at evaluation (memory).
     ``patience``: stop after that many epochs without a better validation MAE (off: None).
     ``weight_decay`` applies to every parameter group (it overrides the groups' own).
+    ``max_batches_per_epoch`` caps an epoch at that many batches (a fresh random subset of
+    the shuffled training set each epoch), so runs of every k get the same CPU budget.
     """
 
     epochs: int = 100
@@ -110,6 +112,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     patience: int | None = None
     checkpoint_every: int = 1
+    max_batches_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -122,6 +125,11 @@ class TrainConfig:
         for name, value in positive.items():
             if int(value) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {value}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise ValueError(
+                "TrainConfig.max_batches_per_epoch must be >= 1 or None, "
+                f"got {self.max_batches_per_epoch}"
+            )
         if self.schedule_epochs is not None and self.schedule_epochs < 1:
             raise ValueError(
                 f"TrainConfig.schedule_epochs must be >= 1, got {self.schedule_epochs}"
@@ -621,6 +629,8 @@ def fit(
         generator=torch.Generator(),
     )
     n_batches = len(train_loader)
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, int(config.max_batches_per_epoch))
     if n_batches == 0:
         raise ValueError(
             f"training set of {len(train_dataset)} videos gives no batch of {config.batch_size}"  # type: ignore[arg-type]

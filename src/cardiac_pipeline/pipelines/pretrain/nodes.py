@@ -12,6 +12,7 @@ import pandas as pd
 from cardiac_pipeline.datasets import ClipStoreRequest, SyntheticRequest
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
+from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
 from cardiac_pipeline.tracking import log_metrics
 
@@ -94,6 +95,7 @@ def request_pretraining(
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
     arch = str(pretrain["arch"])
     config = {
+        "generator_version": GENERATOR_VERSION,
         "corpus": pretrain["corpus"],
         "size": int(preprocessing["size"]),
         "pairs": len(table),
