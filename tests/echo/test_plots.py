@@ -144,6 +144,19 @@ def test_mae_vs_k(tmp_path: Path) -> None:
     _save(figure, tmp_path / "mae_vs_k.png")
 
 
+def test_mae_vs_k_tells_many_methods_apart() -> None:
+    """The benchmark's eight lines (more than the palette's seven colours) stay distinct."""
+    summary = pd.DataFrame(
+        {"method": [f"m{j}" for j in range(9)], "k": 1, "mae_mean": 9.0, "mae_sd": 0.0}
+    )
+    (ax,) = plots.mae_vs_k(summary).axes
+    styles = {
+        (line.get_color(), line.get_marker(), line.get_linestyle())
+        for line in (container.lines[0] for container in ax.containers)
+    }
+    assert len(styles) == 9
+
+
 def test_training_curves(tmp_path: Path) -> None:
     history = pd.DataFrame(
         {

@@ -312,6 +312,10 @@ def attention_over_frames(
     return figure
 
 
+# past len(COLOURS) methods the colours repeat; the marker and line style then differ
+MARKERS = ("o", "s", "^")
+
+
 def mae_vs_k(
     summary_df: pd.DataFrame,
     method_col: str = "method",
@@ -341,9 +345,10 @@ def mae_vs_k(
             k * 2.0 ** offsets[j],  # small shift on the log axis so error bars do not overlap
             rows[mean_col].to_numpy(dtype=float),
             yerr=np.nan_to_num(rows[sd_col].to_numpy(dtype=float)),
-            marker="o",
+            marker=MARKERS[(j // len(COLOURS)) % len(MARKERS)],
             markersize=5,
             linewidth=1.6,
+            linestyle=("-", "--", ":")[(j // len(COLOURS)) % 3],
             capsize=4,
             color=COLOURS[j % len(COLOURS)],
             label=str(method),
