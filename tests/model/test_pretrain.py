@@ -121,8 +121,10 @@ def test_backbone_pretrained_pretrain_resolves_to_the_checkpoint_and_its_arch(
     save_pretrained_checkpoint(model, ARCH, path, {})
     resolved = with_pretrained({"name": "echo-convnext-tiny", "pretrained": "pretrain"}, str(path))
     assert resolved == {"name": ARCH, "pretrained": str(path)}
-    other = {"name": "hf-hub:mkaichristensen/echo-clip", "pretrained": None}
+    other = {"name": "echo-vit-tiny", "pretrained": None}
     assert with_pretrained(other, str(path)) == other  # anything else is left alone
+    echoclip = {"name": "hf-hub:mkaichristensen/echo-clip", "pretrained": "pretrain"}
+    assert with_pretrained(echoclip, str(path)) == {**echoclip, "pretrained": None}
     with pytest.raises(ValueError, match="run `kedro run --pipeline pretrain`"):
         with_pretrained({"name": ARCH, "pretrained": "pretrain"}, None)
     not_ours = tmp_path / "weights.pt"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
 MODEL_KWARGS = ("scales", "tile", "pooling", "head", "attention_hidden", "interpolation")
 CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 # Parameters that change where a run goes, not what it computes: left out of the run key.
+logger = logging.getLogger(__name__)
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
 
 
@@ -39,11 +41,18 @@ PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipe
 def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
     """``backbone`` with ``pretrained: pretrain`` resolved to ``checkpoint`` and its arch.
 
-    Any other ``pretrained`` (null, a file, ``local-dir:``, EchoCLIP's ``hf-hub:``) is kept.
+    Any other ``pretrained`` (null, a file, ``local-dir:``) is kept, and so is a ``name`` that
+    brings its own weights (EchoCLIP's ``hf-hub:...``, ``local-dir:...``).
     The checkpoint knows the architecture it was trained as, so ``name`` follows it.
     """
     if str(backbone.get("pretrained")) != PRETRAIN_CHECKPOINT:
         return dict(backbone)
+    if ":" in str(backbone.get("name", "")):  # hf-hub:..., local-dir:...: weights by name
+        logger.info(
+            "backbone %s brings its own weights; not using the pretrain checkpoint",
+            backbone["name"],
+        )
+        return {**backbone, "pretrained": None}
     if not checkpoint:
         raise ValueError(
             "backbone.pretrained is 'pretrain' but there is no pretrained checkpoint; "
@@ -54,6 +63,13 @@ def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[st
     arch = read_checkpoint_arch(checkpoint)
     if arch is None:
         raise ValueError(f"{checkpoint}: not a pretrained checkpoint of the pretrain pipeline")
+    if backbone.get("name") and backbone["name"] != arch:
+        logger.warning(
+            "backbone.name %s differs from the pretrained checkpoint's %s; using %s",
+            backbone["name"],
+            arch,
+            arch,
+        )
     return {**backbone, "name": arch, "pretrained": str(checkpoint)}
 
 
