@@ -181,3 +181,20 @@ def test_hf_hub_resolves_from_the_local_cache_offline(tmp_path: Path, no_network
 def test_unknown_name_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="echo-convnext-tiny"):
         create_backbone("echo-resnet-huge")
+
+
+def test_load_weights_false_starts_a_named_model_from_random(
+    tmp_path: Path, no_network: None
+) -> None:
+    """The from-scratch ablation of EchoCLIP: its architecture and preprocessing, no weights."""
+    source = create_backbone(ARCH, seed=3).model
+    folder = tmp_path / "echo-clip"
+    _write_local_dir(folder, source, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    checkpoint = save_backbone_checkpoint(source, ARCH, tmp_path / "b.pt")
+    for name, pretrained in ((f"local-dir:{folder}", None), (ARCH, str(checkpoint))):
+        scratch = create_backbone(name, pretrained, seed=5, load_weights=False)
+        assert not _same_weights(source, scratch.model)
+        assert _same_weights(create_backbone(ARCH, seed=5).model, scratch.model)
+    assert create_backbone(f"local-dir:{folder}", load_weights=False).mean == pytest.approx(
+        (0.1, 0.2, 0.3)
+    )

@@ -232,6 +232,7 @@ def create_backbone(
     *,
     seed: int | None = None,
     hf_cache_dir: str | Path | None = None,
+    load_weights: bool = True,
 ) -> Backbone:
     """Build the CLIP backbone, offline, from one of these sources.
 
@@ -245,10 +246,14 @@ def create_backbone(
       the local Hugging Face cache only, then loaded as a ``local-dir:``.
 
     A ``name`` with a schema plus a checkpoint file loads the folder's model, then the file
-    (a fine-tuned EchoCLIP). Returns ``Backbone(model, tokenizer, mean, std)``.
+    (a fine-tuned EchoCLIP). ``load_weights=False`` builds the architecture (and tokenizer,
+    mean, std) of any of these with random weights: the from-scratch ablation of EchoCLIP.
+    Returns ``Backbone(model, tokenizer, mean, std)``.
     """
     register_model_configs()
     pretrained = None if pretrained is None or str(pretrained) == "" else str(pretrained)
+    if not load_weights and not _has_schema(pretrained):
+        pretrained = None
     if _has_schema(pretrained):
         source, weights_file = pretrained, None
     else:
@@ -277,9 +282,14 @@ def create_backbone(
         if seed is not None:
             torch.manual_seed(seed)
         model = open_clip.create_model(
-            source, pretrained=None, device="cpu", pretrained_image=False, pretrained_text=False
+            source,
+            pretrained=None,
+            load_weights=load_weights,
+            device="cpu",
+            pretrained_image=False,
+            pretrained_text=False,
         )
-    if weights_file is not None:
+    if weights_file is not None and load_weights:
         state_dict = load_backbone_state_dict(
             weights_file, arch=None if _has_schema(source) else source
         )

@@ -74,6 +74,8 @@ def run_method(
         },
         pretrained_backbone,
     )
+    if not uses_pretrained:  # from scratch, even for a name that brings weights (hf-hub:)
+        settings["backbone"]["load_weights"] = False
     device = settings["training"].get("device", "auto")
 
     if kind == "zero_shot":

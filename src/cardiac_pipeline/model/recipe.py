@@ -78,11 +78,15 @@ def build_cardiac_clip(
 ) -> CardiacCLIP:
     """CardiacCLIP from ``{"backbone": {name, pretrained}, "cardiac_clip": {...}}``.
 
-    ``weights=False`` builds the architecture only (random init), for loading a checkpoint.
+    ``weights=False`` builds the architecture only (random init), for loading a checkpoint;
+    ``backbone.load_weights: false`` does the same from config (from-scratch ablations, even
+    of a name that brings its own weights such as EchoCLIP's ``hf-hub:``).
     """
     backbone = arch["backbone"]
-    pretrained = backbone.get("pretrained") if weights else None
-    created = create_backbone(backbone["name"], pretrained, seed=seed)
+    load_weights = weights and bool(backbone.get("load_weights", True))
+    created = create_backbone(
+        backbone["name"], backbone.get("pretrained"), seed=seed, load_weights=load_weights
+    )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
         kwargs["scales"] = tuple(int(s) for s in kwargs["scales"])
