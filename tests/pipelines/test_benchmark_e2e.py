@@ -9,7 +9,17 @@ from tests.pipelines.test_fewshot_e2e import TINY
 
 
 @pytest.mark.slow
-def test_benchmark_quick_variant_runs_every_method_kind(kedro_project):
+def test_benchmark_quick_variant_runs_every_method_kind(kedro_project, monkeypatch):
+    from cardiac_pipeline.model import video_regressor
+
+    initial_efs: list[float] = []
+
+    class RecordingRegressor(video_regressor.EchoNetVideoRegressor):
+        def __init__(self, **kwargs):
+            initial_efs.append(kwargs.get("initial_ef", video_regressor.TYPICAL_EF))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(video_regressor, "EchoNetVideoRegressor", RecordingRegressor)
     kedro_project.set_params(
         {
             **TINY,
@@ -50,3 +60,9 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project):
     }
     assert metrics["mae"].between(0, 100).all()
     assert list(out.glob("benchmark_summary.md/*/benchmark_summary.md"))
+    # the from-scratch regressor starts at its k-shot training mean, not EchoNet's 55.6
+    splits = out.parent / "05_model_input/benchmark_splits"
+    split = pd.read_csv(next(splits.glob("*/benchmark_splits/k1_seed0.csv")))
+    assert initial_efs == [
+        pytest.approx(split.loc[split["role"] == "train", "EF"].mean(), abs=1e-3)
+    ]
