@@ -289,7 +289,7 @@ def create_backbone(
             pretrained_image=False,
             pretrained_text=False,
         )
-    if weights_file is not None and load_weights:
+    if weights_file is not None:  # always None when not load_weights
         state_dict = load_backbone_state_dict(
             weights_file, arch=None if _has_schema(source) else source
         )

@@ -74,9 +74,8 @@ def run_method(
         },
         pretrained_backbone,
     )
-    if not uses_pretrained and ":" in str(settings["backbone"]["name"]):
-        # from scratch even for a name that brings weights (hf-hub:); a bare architecture
-        # with pretrained null already starts from random
+    if not uses_pretrained and recipe.brings_own_weights(settings["backbone"]["name"]):
+        # a bare architecture with pretrained null already starts from random
         settings["backbone"]["load_weights"] = False
     device = settings["training"].get("device", "auto")
 

@@ -38,6 +38,11 @@ _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk"
 PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipeline's output
 
 
+def brings_own_weights(name: Any) -> bool:
+    """A backbone name that carries its weights (``hf-hub:...``, ``local-dir:...``)."""
+    return ":" in str(name or "")
+
+
 def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
     """``backbone`` with ``pretrained: pretrain`` resolved to ``checkpoint`` and its arch.
 
@@ -47,7 +52,7 @@ def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[st
     """
     if str(backbone.get("pretrained")) != PRETRAIN_CHECKPOINT:
         return dict(backbone)
-    if ":" in str(backbone.get("name", "")):  # hf-hub:..., local-dir:...: weights by name
+    if brings_own_weights(backbone.get("name")):
         logger.info(
             "backbone %s brings its own weights; not using the pretrain checkpoint",
             backbone["name"],
