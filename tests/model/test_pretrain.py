@@ -15,6 +15,7 @@ from cardiac_pipeline.model.backbone import create_backbone
 from cardiac_pipeline.model.pretrain import (
     clip_loss,
     config_hash,
+    lr_factor,
     pretrain_clip,
     read_checkpoint_meta,
     save_pretrained_checkpoint,
@@ -84,6 +85,36 @@ def test_pretraining_loss_falls_and_is_seeded(corpus, pretrained) -> None:
     assert history["loss"].iloc[-2:].mean() < 0.85 * history["loss"].iloc[0]
     _, model_again, history_again = _pretrain(corpus, epochs=2)
     assert history_again["loss"].tolist() == pytest.approx(history["loss"].iloc[:2].tolist())
+
+
+def test_lr_factor_warms_up_then_decays_to_zero() -> None:
+    cosine = lr_factor(total_steps=10, warmup_steps=2, schedule="cosine")
+    assert [cosine(s) for s in (0, 1, 2)] == pytest.approx([0.5, 1.0, 1.0])
+    assert cosine(6) == pytest.approx(0.5)  # half-way through the decay
+    assert cosine(10) == pytest.approx(0.0) and cosine(12) == pytest.approx(0.0)
+    constant = lr_factor(total_steps=10, warmup_steps=0, schedule="constant")
+    assert {constant(s) for s in range(10)} == {1.0}
+
+
+def test_pretraining_schedule_is_applied_and_recorded(corpus) -> None:
+    store, table = corpus
+    _, history = pretrain_clip(
+        create_backbone(ARCH, seed=0),
+        store,
+        table,
+        epochs=3,
+        batch_size=4,
+        frames=2,
+        period=4,
+        lr=1e-3,
+        warmup_epochs=1,
+        lr_schedule="cosine",
+        progress=False,
+    )
+    # 2 steps per epoch: after warm-up (epoch 1) the rate is the peak, then cosine to 0
+    assert history["lr"].tolist() == pytest.approx([1e-3, 0.5e-3, 0.0], abs=1e-9)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        pretrain_clip(create_backbone(ARCH), store, table, lr_schedule="step", progress=False)
 
 
 def test_zero_shot_after_pretraining_and_checkpoint_round_trip(

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts
 
-HISTORY_COLUMNS = ["epoch", "loss", "logit_scale", "seconds"]
+HISTORY_COLUMNS = ["epoch", "loss", "logit_scale", "lr", "seconds"]
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature at 1/100
 
 
@@ -83,6 +83,22 @@ def video_embedding(frame_embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(frame_embeddings.mean(dim=1), dim=-1)
 
 
+def lr_factor(
+    total_steps: int, warmup_steps: int, schedule: Literal["constant", "cosine"]
+) -> Callable[[int], float]:
+    """Learning-rate multiplier by step: linear warm-up, then constant or cosine to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 def clip_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP over a batch of matching (video, text) pairs."""
     logits = logit_scale.exp() * video @ text.t()
@@ -115,6 +131,8 @@ def pretrain_clip(
     lr: float = 5e-4,
     weight_decay: float = 0.1,
     seed: int = 0,
+    warmup_epochs: float = 0.0,
+    lr_schedule: Literal["constant", "cosine"] = "constant",
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Module, pd.DataFrame]:
@@ -125,13 +143,21 @@ def pretrain_clip(
     set, so 30 and 50 fps videos span the same time) per video and minimises
     the symmetric InfoNCE of the video-mean embeddings against the report embeddings, with
     AdamW on every parameter (``logit_scale`` included, clamped at ln 100). Batches of one
-    pair carry no contrast and are skipped. ``seed`` fixes shuffling, clip starts and
-    dropout. ``history`` has one row per epoch: mean loss, logit_scale, seconds.
+    pair carry no contrast and are skipped. ``warmup_epochs`` ramps the learning rate up
+    linearly, then ``lr_schedule="cosine"`` decays it to zero by the last step: from random
+    init the loss otherwise sits at chance (ln batch_size) for the first epochs. ``seed``
+    fixes shuffling, clip starts and dropout. ``history`` has one row per epoch: mean loss,
+    logit_scale, learning rate at the epoch's end, seconds.
     """
     from tqdm.auto import tqdm
 
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
+    if lr_schedule not in ("constant", "cosine") or warmup_epochs < 0:
+        raise ValueError(
+            f"lr_schedule must be 'constant' or 'cosine' and warmup_epochs >= 0, "
+            f"got {lr_schedule!r}, {warmup_epochs}"
+        )
     table = _check_table(store, table, ["FileName", "Report"])
     if len(table) < 2:
         raise ValueError(f"contrastive pretraining needs >= 2 video-report pairs, got {len(table)}")
@@ -142,6 +168,11 @@ def pretrain_clip(
     fps = {name: _fps(store, name) for name in names}
     tokens = backbone.tokenizer(table["Report"].astype(str).tolist())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = sum(1 for i in range(0, len(names), batch_size) if len(names) - i >= 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lr_factor(epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch), lr_schedule),
+    )
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -168,6 +199,7 @@ def pretrain_clip(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
                 losses.append(float(loss.detach()))
@@ -177,6 +209,7 @@ def pretrain_clip(
                     "epoch": epoch + 1,
                     "loss": float(np.mean(losses)),
                     "logit_scale": float(model.logit_scale.detach().exp()),
+                    "lr": float(optimizer.param_groups[0]["lr"]),
                     "seconds": time.perf_counter() - start,
                 }
             )

@@ -116,6 +116,22 @@ def run_key(*parts: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def weights_fingerprint(arch: dict[str, Any]) -> str | None:
+    """Content hash of the backbone's weights file, so a run key changes when they do.
+
+    A path alone is not enough: re-pretraining rewrites ``pretrained_backbone.pt`` in place,
+    and a resumable run keyed on the path would return models adapted from the old weights.
+    """
+    pretrained = (arch.get("backbone") or {}).get("pretrained")
+    if not pretrained or not Path(str(pretrained)).is_file():
+        return None
+    digest = hashlib.sha1()
+    with open(pretrained, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def train_on_split(
     store: ClipStore,
     split: pd.DataFrame,
@@ -133,7 +149,8 @@ def train_on_split(
 
     The run's work folder (``training.work_dir``/<name>-<key>) holds ``last.pt``: calling
     again after an interruption resumes, and calling again after completion returns at
-    once. The key covers the architecture, clip and training parameters and the split.
+    once. The key covers the architecture and its weights file, clip and training
+    parameters and the split.
     """
     seed = int(training.get("seed", 0))
     spec = clip_spec(clips)
@@ -159,6 +176,7 @@ def train_on_split(
     config = train_config({**training, "seed": seed})
     key = run_key(
         arch,
+        weights_fingerprint(arch),
         {k: v for k, v in clips.items()},
         {k: v for k, v in training.items() if k not in _NOT_IN_RUN_KEY},
         sorted(train_rows["FileName"]),

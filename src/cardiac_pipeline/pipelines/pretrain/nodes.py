@@ -30,6 +30,8 @@ TRAINING_KEYS = (
     "lr",
     "weight_decay",
     "seed",
+    "warmup_epochs",
+    "lr_schedule",
 )
 
 
