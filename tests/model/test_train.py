@@ -307,6 +307,36 @@ def test_best_checkpoint_is_min_val_mae_epoch(tmp_path: Path) -> None:
     assert mae == pytest.approx(result.best_val_mae, rel=1e-6)
 
 
+def test_select_start_keeps_the_start_when_adaptation_only_hurts(tmp_path: Path) -> None:
+    def harmful_loss(output, ef_target, **_weights):  # every step moves away from the labels
+        l1 = (output.ef.float() - ef_target).abs().mean()
+        return -l1, {"l1": float(l1.detach())}
+
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in FakeClipModel().state_dict().items()}
+    _, plain = run_fit(tmp_path / "plain", make_config(), loss_fn=harmful_loss)
+    model, kept = run_fit(tmp_path / "kept", make_config(select_start=True), loss_fn=harmful_loss)
+    assert plain.best_epoch >= 1
+    assert kept.best_epoch == 0 and kept.best_val_mae < kept.history["val_mae"].min()
+    assert all(torch.equal(model.state_dict()[k], start[k]) for k in start)
+    # scoring the start does not change training: same losses and validation, epoch by epoch
+    pd.testing.assert_series_equal(plain.history["train_loss"], kept.history["train_loss"])
+    pd.testing.assert_series_equal(plain.history["val_mae"], kept.history["val_mae"])
+    # the start loses once an epoch is better, as in a normal run
+    _, learning = run_fit(tmp_path / "learning", make_config(epochs=4, select_start=True))
+    assert learning.best_epoch >= 1
+
+
+def test_runs_stored_before_a_new_config_field_still_resume(tmp_path: Path) -> None:
+    run_fit(tmp_path, make_config(epochs=1, schedule_epochs=2))
+    last = tmp_path / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["select_start"]  # as written before the field existed
+    torch.save(ckpt, last)
+    _, result = run_fit(tmp_path, make_config(epochs=2, schedule_epochs=2))
+    assert list(result.history["epoch"]) == [1, 2]
+
+
 def test_early_stopping_stops_after_patience(tmp_path: Path) -> None:
     frozen = {k: 0.0 for k in LRS}  # nothing learns: val MAE never improves after epoch 1
     _, result = run_fit(tmp_path, make_config(epochs=10, lrs=frozen, patience=2))

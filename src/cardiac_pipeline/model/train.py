@@ -87,6 +87,9 @@ class TrainConfig:
     ``weight_decay`` applies to every parameter group (it overrides the groups' own).
     ``max_batches_per_epoch`` caps an epoch at that many batches (a fresh random subset of
     the shuffled training set each epoch), so runs of every k get the same CPU budget.
+    ``select_start``: also score the starting weights on validation (as epoch 0), so a run
+    whose every epoch is worse than where it started keeps the start (a pretrained model
+    that adaptation on a few videos only makes worse); training itself is unchanged.
     """
 
     epochs: int = 100
@@ -113,6 +116,7 @@ class TrainConfig:
     patience: int | None = None
     checkpoint_every: int = 1
     max_batches_per_epoch: int | None = None
+    select_start: bool = False
 
     def __post_init__(self) -> None:
         positive = {
@@ -539,10 +543,16 @@ def _default_param_groups_fn() -> ParamGroupsFn:
 
 def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
+    # a field added after the run was stored counts as its default
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
     differ = sorted(
         k
         for k in set(stored) | set(current)
-        if k not in _RESUMABLE_FIELDS and stored.get(k) != current.get(k)
+        if k not in _RESUMABLE_FIELDS and stored.get(k, defaults.get(k)) != current.get(k)
     )
     if differ:
         detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
@@ -680,6 +690,34 @@ def fit(
         else None
     )
     loss_weights = {"w_ce": config.w_ce, "w_kl": config.w_kl, "w_l1": config.w_l1}
+
+    if config.select_start and val_loader is not None and start_epoch == 1:
+        # the RNG is forked so that training is bit-identical with or without this
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            start_rows, _ = _run_videos(
+                model,
+                val_loader,
+                device,
+                amp_dtype,
+                config.eval_clip_chunk,
+                collect_attention=False,
+                progress=progress,
+                desc="val 0",
+            )
+        start_mae, _ = _video_mae(start_rows)
+        if math.isfinite(start_mae):
+            best_epoch, best_val_mae = 0, start_mae
+            _atomic_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": 0,
+                    "val_mae": _plain(start_mae),
+                    "model": model.state_dict(),
+                    "config": config.to_dict(),
+                },
+                best_path,
+            )
+            logger.info("epoch 0 (starting weights): val_mae %.3f", start_mae)
 
     for epoch in range(start_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
