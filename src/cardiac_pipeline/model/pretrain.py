@@ -83,6 +83,12 @@ def video_embedding(frame_embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(frame_embeddings.mean(dim=1), dim=-1)
 
 
+def contrastive_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` cut into batches; a last batch of one pair carries no contrast and is dropped."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [b for b in batches if len(b) >= 2]
+
+
 def lr_factor(
     total_steps: int, warmup_steps: int, schedule: Literal["constant", "cosine"]
 ) -> Callable[[int], float]:
@@ -168,7 +174,7 @@ def pretrain_clip(
     fps = {name: _fps(store, name) for name in names}
     tokens = backbone.tokenizer(table["Report"].astype(str).tolist())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = sum(1 for i in range(0, len(names), batch_size) if len(names) - i >= 2)
+    steps_per_epoch = len(contrastive_batches(np.arange(len(names)), batch_size))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lr_factor(epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch), lr_schedule),
@@ -181,8 +187,7 @@ def pretrain_clip(
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(len(names))
-            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            batches = [b for b in batches if len(b) >= 2]
+            batches = contrastive_batches(order, batch_size)
             losses: list[float] = []
             bar = tqdm(batches, desc=f"pretrain {epoch + 1}/{epochs}", disable=not progress)
             for batch in bar:

@@ -541,6 +541,44 @@ def _default_param_groups_fn() -> ParamGroupsFn:
     return param_groups
 
 
+def _validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    config: TrainConfig,
+    progress: bool,
+    epoch: int,
+) -> tuple[float, float]:
+    """Video-level ``(MAE, RMSE)`` on the validation loader after ``epoch`` (0: the start)."""
+    rows, _ = _run_videos(
+        model,
+        loader,
+        device,
+        amp_dtype,
+        config.eval_clip_chunk,
+        collect_attention=False,
+        progress=progress,
+        desc=f"val {epoch}",
+    )
+    return _video_mae(rows)
+
+
+def _save_best(
+    model: nn.Module, epoch: int, val_mae: float, config: TrainConfig, path: Path
+) -> None:
+    _atomic_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "val_mae": _plain(val_mae),
+            "model": model.state_dict(),
+            "config": config.to_dict(),
+        },
+        path,
+    )
+
+
 def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
     # a field added after the run was stored counts as its default
@@ -694,29 +732,10 @@ def fit(
     if config.select_start and val_loader is not None and start_epoch == 1:
         # the RNG is forked so that training is bit-identical with or without this
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            start_rows, _ = _run_videos(
-                model,
-                val_loader,
-                device,
-                amp_dtype,
-                config.eval_clip_chunk,
-                collect_attention=False,
-                progress=progress,
-                desc="val 0",
-            )
-        start_mae, _ = _video_mae(start_rows)
+            start_mae, _ = _validate(model, val_loader, device, amp_dtype, config, progress, 0)
         if math.isfinite(start_mae):
             best_epoch, best_val_mae = 0, start_mae
-            _atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": 0,
-                    "val_mae": _plain(start_mae),
-                    "model": model.state_dict(),
-                    "config": config.to_dict(),
-                },
-                best_path,
-            )
+            _save_best(model, 0, start_mae, config, best_path)
             logger.info("epoch 0 (starting weights): val_mae %.3f", start_mae)
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -781,17 +800,9 @@ def fit(
         val_start = time.perf_counter()
         val_mae, val_rmse = math.nan, math.nan
         if val_loader is not None:
-            val_rows, _ = _run_videos(
-                model,
-                val_loader,
-                device,
-                amp_dtype,
-                config.eval_clip_chunk,
-                collect_attention=False,
-                progress=progress,
-                desc=f"val {epoch}",
+            val_mae, val_rmse = _validate(
+                model, val_loader, device, amp_dtype, config, progress, epoch
             )
-            val_mae, val_rmse = _video_mae(val_rows)
         val_seconds = time.perf_counter() - val_start
 
         row: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / n_micro}
@@ -816,16 +827,7 @@ def fit(
         improved = math.isnan(val_mae) or math.isnan(best_val_mae) or val_mae < best_val_mae
         if improved:
             best_epoch, best_val_mae = epoch, val_mae
-            _atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch,
-                    "val_mae": _plain(val_mae),
-                    "model": model.state_dict(),
-                    "config": config.to_dict(),
-                },
-                best_path,
-            )
+            _save_best(model, epoch, val_mae, config, best_path)
         if config.patience is not None and epoch - best_epoch >= config.patience:
             stopped_early = True
         final = stopped_early or epoch == config.epochs
