@@ -11,11 +11,11 @@ import pytest
 from cardiac_pipeline.echo.discs import (
     ejection_fraction,
     ejection_fraction_from_tracings,
-    read_volume_tracings,
     strip_video_suffix,
     trace_lv_cavity,
     volume_from_tracing,
 )
+from cardiac_pipeline.echo.echonet import EchoNetFormatError, read_volume_tracings
 
 
 def soft_ellipse(
@@ -154,13 +154,28 @@ def test_read_volume_tracings_checks_header_and_names_file(tmp_path):
         _rows("0XAAA.avi", 1, 1.0), columns=["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
     )
     good.write_text("\ufeff" + table.to_csv(index=False), encoding="utf-8")  # BOM like EchoNet
-    assert list(read_volume_tracings(good).columns)[0] == "FileName"
+    read = read_volume_tracings(good)
+    assert list(read.columns) == ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
+    assert (read["FileName"] == "0XAAA").all()  # suffix removed, as in FileList
     bad = tmp_path / "Bad.csv"
     table.drop(columns=["Frame"]).to_csv(bad, index=False)
-    with pytest.raises(ValueError, match="Bad.csv.*Frame"):
+    with pytest.raises(EchoNetFormatError, match="Bad.csv.*Frame"):
         read_volume_tracings(bad)
-    with pytest.raises(FileNotFoundError, match="Missing.csv"):
-        read_volume_tracings(tmp_path / "Missing.csv")
+    assert read_volume_tracings(tmp_path / "Missing.csv") is None  # tracings are optional
+
+
+def test_ingestion_and_labels_share_one_disc_volume(tmp_path):
+    """The ED/ES frames ingestion reads and the EF recomputed from tracings agree."""
+    from cardiac_pipeline.echo.echonet import end_diastole_end_systole_frames
+
+    rows = _rows("0XAAA.avi", 40, 1.0) + _rows("0XAAA.avi", 12, 0.8)
+    table = pd.DataFrame(rows, columns=["FileName", "X1", "Y1", "X2", "Y2", "Frame"])
+    path = tmp_path / "VolumeTracings.csv"
+    table.to_csv(path, index=False)
+    frames = end_diastole_end_systole_frames(read_volume_tracings(path)).set_index("FileName")
+    labels = ejection_fraction_from_tracings(table).set_index("FileName")
+    assert frames.loc["0XAAA"].tolist() == [40, 12]
+    assert (labels.loc["0XAAA", "ED_frame"], labels.loc["0XAAA", "ES_frame"]) == (40, 12)
 
 
 def test_strip_video_suffix():

@@ -1,4 +1,4 @@
-"""The recipe's run key: what makes a resumable training run reusable."""
+"""The recipe's run key and cache ids: what makes a stored run or embedding reusable."""
 
 from __future__ import annotations
 
@@ -18,3 +18,29 @@ def test_run_key_follows_the_weights_file_not_only_its_path(tmp_path: Path) -> N
     assert first and second and first != second
     assert run_key(arch, first) != run_key(arch, second)
     assert weights_fingerprint({"backbone": {"name": "echo-vit-tiny", "pretrained": None}}) is None
+
+
+def test_probe_embedding_cache_id_follows_weight_content_not_file_time(tmp_path: Path) -> None:
+    import os
+
+    from cardiac_pipeline.model.benchmark import probe_model_id
+
+    weights = tmp_path / "pretrained_backbone.pt"
+    weights.write_bytes(b"first pretraining")
+    backbone = {"name": "echo-vit-tiny", "pretrained": str(weights)}
+    first = probe_model_id(backbone)
+    os.utime(weights, ns=(1, 1))  # touched or copied: same weights, same cache entry
+    assert probe_model_id(backbone) == first
+    weights.write_bytes(b"second pretraining")  # re-pretrained in place
+    assert probe_model_id(backbone) != first
+    assert probe_model_id(backbone).startswith("echo-vit-tiny-")
+
+
+def test_only_hub_and_local_dir_names_bring_their_own_weights() -> None:
+    from cardiac_pipeline.model.backbone import brings_own_weights
+
+    assert brings_own_weights("hf-hub:mkaichristensen/echo-clip")
+    assert brings_own_weights("local-dir:/models/echo-clip")
+    assert not brings_own_weights("echo-convnext-tiny")
+    assert not brings_own_weights(None)
+    assert not brings_own_weights("C:/weights/backbone.pt")  # a drive letter is no schema

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,27 +207,40 @@ def trace_lv_cavity(
     return DiscTracing(long_axis=np.stack([apex, base]), chords=chords)
 
 
-def read_volume_tracings(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an EchoNet VolumeTracings.csv, checking its header; the message names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: VolumeTracings file not found")
-    try:
-        table = pd.read_csv(path, encoding="utf-8-sig")
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot be read as CSV ({exc})") from exc
-    missing = [c for c in VOLUME_TRACINGS_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; expected {list(VOLUME_TRACINGS_COLUMNS)}"
-        )
-    return table
-
-
 def strip_video_suffix(name: str) -> str:
     """``0X1A...F.avi`` -> ``0X1A...F``: FileList omits the suffix, VolumeTracings keeps it."""
     stem, suffix = os.path.splitext(str(name))
     return stem if suffix.lower() in VIDEO_SUFFIXES else str(name)
+
+
+def tracing_volumes(tracings: pd.DataFrame, pixel_spacing_cm: float = 1.0) -> pd.DataFrame:
+    """Single-plane method-of-discs volume of each traced frame: FileName, Frame, volume.
+
+    Rows of one (FileName, Frame) in file order: the first is the long axis (length L), the
+    n after it the disc chords d_i; V = sum_i (pi/4) d_i^2 * L / n, in pixel units times
+    ``pixel_spacing_cm`` cubed (mL at cm spacing). A frame with no chord gets NaN.
+    """
+    length = np.hypot(tracings["X2"] - tracings["X1"], tracings["Y2"] - tracings["Y1"])
+    keys = [tracings["FileName"], tracings["Frame"]]
+    position = tracings.groupby(keys, sort=False).cumcount()
+    work = pd.DataFrame(
+        {
+            "FileName": tracings["FileName"],
+            "Frame": tracings["Frame"],
+            "long_axis": length.where(position == 0),
+            "chord_sq": (length**2).where(position > 0),
+            "is_chord": position > 0,
+        }
+    )
+    grouped = work.groupby(["FileName", "Frame"], sort=False).agg(
+        long_axis=("long_axis", "max"),
+        chord_sq=("chord_sq", "sum"),
+        n_chords=("is_chord", "sum"),
+    )
+    n = grouped["n_chords"].replace(0, np.nan)
+    grouped["volume"] = np.pi / 4 * grouped["chord_sq"] * grouped["long_axis"] / n
+    grouped["volume"] *= pixel_spacing_cm**3
+    return grouped["volume"].reset_index()
 
 
 def ejection_fraction_from_tracings(
@@ -253,18 +265,7 @@ def ejection_fraction_from_tracings(
     rows = tracings.loc[:, list(VOLUME_TRACINGS_COLUMNS)].copy()
     rows["FileName"] = rows["FileName"].astype(str).map(strip_video_suffix)
     rows["Frame"] = rows["Frame"].astype(int)
-    coords = rows[["X1", "Y1", "X2", "Y2"]].to_numpy(dtype=float)
-    rows["_len"] = np.hypot(coords[:, 2] - coords[:, 0], coords[:, 3] - coords[:, 1])
-    keys = ["FileName", "Frame"]
-    rows["_order"] = rows.groupby(keys, sort=False).cumcount()
-    is_axis = rows["_order"] == 0
-    axis_len = rows.loc[is_axis].set_index(keys)["_len"]
-    chord_rows = rows.loc[~is_axis].assign(_sq=lambda t: t["_len"] ** 2)
-    per_frame = chord_rows.groupby(keys, sort=False).agg(sum_sq=("_sq", "sum"), n=("_sq", "size"))
-    per_frame = per_frame.join(axis_len.rename("length"), how="inner").reset_index()
-    per_frame["volume"] = (
-        np.pi / 4.0 * per_frame["sum_sq"] * per_frame["length"] / per_frame["n"]
-    ) * pixel_spacing_cm**3
+    per_frame = tracing_volumes(rows, pixel_spacing_cm).dropna(subset=["volume"])
 
     by_video = per_frame.groupby("FileName", sort=True)
     ed = per_frame.loc[by_video["volume"].idxmax(), ["FileName", "Frame", "volume"]]

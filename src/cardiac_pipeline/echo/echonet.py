@@ -9,7 +9,6 @@ the CSV. Nothing under the raw folder is ever written.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cardiac_pipeline.echo.discs import tracing_volumes
 from cardiac_pipeline.echo.video import (
     VideoReadError,
     VideoTruncatedError,
@@ -236,34 +236,6 @@ def read_volume_tracings(path: str | os.PathLike) -> pd.DataFrame | None:
         raise EchoNetFormatError(f"{path}: column Frame line {line}: not a frame number")
     out["Frame"] = out["Frame"].astype(np.int64)
     return out
-
-
-def tracing_volumes(tracings: pd.DataFrame) -> pd.DataFrame:
-    """Single-plane method-of-discs volume (pixel units) of each traced frame.
-
-    V = sum_i (pi/4) d_i^2 * L / n, with L the first row's segment (long axis) and d_i the
-    n chords after it. Frames with no chord get NaN. Columns: FileName, Frame, volume.
-    """
-    length = np.hypot(tracings["X2"] - tracings["X1"], tracings["Y2"] - tracings["Y1"])
-    keys = [tracings["FileName"], tracings["Frame"]]
-    position = tracings.groupby(keys, sort=False).cumcount()
-    work = pd.DataFrame(
-        {
-            "FileName": tracings["FileName"],
-            "Frame": tracings["Frame"],
-            "long_axis": length.where(position == 0),
-            "chord_sq": (length**2).where(position > 0),
-            "is_chord": position > 0,
-        }
-    )
-    grouped = work.groupby(["FileName", "Frame"], sort=False).agg(
-        long_axis=("long_axis", "max"),
-        chord_sq=("chord_sq", "sum"),
-        n_chords=("is_chord", "sum"),
-    )
-    n = grouped["n_chords"].replace(0, np.nan)
-    grouped["volume"] = math.pi / 4 * grouped["chord_sq"] * grouped["long_axis"] / n
-    return grouped["volume"].reset_index()
 
 
 def end_diastole_end_systole_frames(tracings: pd.DataFrame | None) -> pd.DataFrame:

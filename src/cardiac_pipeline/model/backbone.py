@@ -93,8 +93,9 @@ def list_backbones() -> list[str]:
     return register_model_configs()
 
 
-def _has_schema(source: str | None) -> bool:
-    return bool(source) and source.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
+def brings_own_weights(source: Any) -> bool:
+    """A backbone source that carries its weights (``hf-hub:...``, ``local-dir:...``)."""
+    return str(source or "").startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
 
 
 def _hf_cache_dir(cache_dir: str | Path | None) -> Path:
@@ -252,13 +253,13 @@ def create_backbone(
     """
     register_model_configs()
     pretrained = None if pretrained is None or str(pretrained) == "" else str(pretrained)
-    if not load_weights and not _has_schema(pretrained):
+    if not load_weights and not brings_own_weights(pretrained):
         pretrained = None
-    if _has_schema(pretrained):
+    if brings_own_weights(pretrained):
         source, weights_file = pretrained, None
     else:
         source, weights_file = name, pretrained
-    if weights_file is not None and not _has_schema(source):
+    if weights_file is not None and not brings_own_weights(source):
         suffix = Path(weights_file).suffix
         if suffix not in CHECKPOINT_SUFFIXES and not Path(weights_file).is_file():
             raise ValueError(
@@ -291,7 +292,7 @@ def create_backbone(
         )
     if weights_file is not None:  # always None when not load_weights
         state_dict = load_backbone_state_dict(
-            weights_file, arch=None if _has_schema(source) else source
+            weights_file, arch=None if brings_own_weights(source) else source
         )
         try:
             model.load_state_dict(state_dict, strict=True)

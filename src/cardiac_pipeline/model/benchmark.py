@@ -21,6 +21,7 @@ import torch
 
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.backbone import brings_own_weights
 
 KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
 
@@ -74,7 +75,7 @@ def run_method(
         },
         pretrained_backbone,
     )
-    if not uses_pretrained and recipe.brings_own_weights(settings["backbone"]["name"]):
+    if not uses_pretrained and brings_own_weights(settings["backbone"]["name"]):
         # a bare architecture with pretrained null already starts from random
         settings["backbone"]["load_weights"] = False
     device = settings["training"].get("device", "auto")
@@ -164,6 +165,16 @@ def _zero_shot(store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]) -
     ]
 
 
+def probe_model_id(backbone: dict[str, Any]) -> str:
+    """Embedding-cache id of a backbone: its name and its weights' content, as in run keys.
+
+    Re-pretraining rewrites the checkpoint in place; the content hash (not the path or the
+    file time) makes that a new cache entry and leaves a copied or touched file a hit.
+    """
+    fingerprint = recipe.weights_fingerprint({"backbone": backbone})
+    return f"{backbone['name']}-{(fingerprint or str(backbone.get('pretrained')))[:16]}"
+
+
 def _linear_probe(
     store: ClipStore,
     train: pd.DataFrame,
@@ -186,8 +197,7 @@ def _linear_probe(
     model = recipe.build_cardiac_clip(arch, seed=0).eval()
     spec = recipe.clip_spec(settings["clips"])
     n_clips = int(settings["evaluation"].get("n_clips", 2))
-    weights = Path(str(settings["backbone"]["pretrained"]))
-    model_id = f"{settings['backbone']['name']}-{weights.name}-{int(weights.stat().st_mtime_ns) if weights.exists() else 0}"
+    model_id = probe_model_id(settings["backbone"])
     cache = EmbeddingCache(cache_dir / "embeddings")
     clip_params = {**settings["clips"], "n_clips": n_clips, "store": str(store.root)}
     table = pd.concat([train, test]).drop_duplicates("FileName").set_index("FileName")

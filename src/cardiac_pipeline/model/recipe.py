@@ -22,7 +22,7 @@ import torch
 
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.model.backbone import create_backbone
+from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.train import TrainConfig, TrainResult, fit, predict_videos
@@ -36,11 +36,6 @@ _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk"
 
 
 PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipeline's output
-
-
-def brings_own_weights(name: Any) -> bool:
-    """A backbone name that carries its weights (``hf-hub:...``, ``local-dir:...``)."""
-    return ":" in str(name or "")
 
 
 def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
