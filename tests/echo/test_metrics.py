@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 from cardiac_pipeline.echo.metrics import (
+    constant_baseline,
     ef_metrics,
     format_mean_sd,
     limits_of_agreement,
     mae_by_range,
-    mean_predictor_baseline,
     mean_sd_text,
     reduced_ef_auroc,
+    split_baselines,
     summarise_over_seeds,
 )
 
@@ -121,17 +122,38 @@ def test_mae_by_range_custom_edges_and_bad_edges() -> None:
         mae_by_range([30.0], [30.0], edges=(50, 40))
 
 
-def test_mean_predictor_baseline() -> None:
-    # train mean 50; test errors +20, 0, -20
-    m = mean_predictor_baseline([40.0, 60.0], [30.0, 50.0, 70.0])
-    assert m["train_mean"] == pytest.approx(50.0)
+def test_constant_baseline_mean_and_median() -> None:
+    # reference mean 50; test errors +20, 0, -20
+    m = constant_baseline([40.0, 60.0], [30.0, 50.0, 70.0])
+    assert m["constant"] == pytest.approx(50.0)
     assert m["mae"] == pytest.approx(40.0 / 3.0)
     assert m["rmse"] == pytest.approx(math.sqrt(800.0 / 3.0))
     assert m["bias"] == pytest.approx(0.0)
     assert m["r2"] == pytest.approx(0.0)
     assert m["auroc_ef_lt_50"] == pytest.approx(0.5)  # a constant score cannot rank
-    with pytest.raises(ValueError, match="train_ef: is empty"):
-        mean_predictor_baseline([], [50.0])
+    skewed = [20.0, 60.0, 61.0, 62.0]  # mean 50.75, median 60.5
+    assert constant_baseline(skewed, [60.0], statistic="median")["mae"] == pytest.approx(0.5)
+    assert constant_baseline(skewed, [60.0])["mae"] == pytest.approx(9.25)
+    with pytest.raises(ValueError, match="reference_ef: is empty"):
+        constant_baseline([], [50.0])
+    with pytest.raises(ValueError, match="statistic"):
+        constant_baseline([50.0], [50.0], statistic="mode")
+
+
+def test_split_baselines_use_train_mean_and_val_median() -> None:
+    split = pd.DataFrame(
+        {
+            "role": ["train", "train", "val", "val", "val", "test"],
+            "EF": [20.0, 80.0, 55.0, 60.0, 90.0, 58.0],
+        }
+    )
+    out = split_baselines(split, [58.0, 62.0])
+    assert out["mean_predictor"]["constant"] == pytest.approx(50.0)
+    assert out["val_median_predictor"]["constant"] == pytest.approx(60.0)
+    assert out["val_median_predictor"]["mae"] == pytest.approx(2.0)
+    assert list(split_baselines(split[split["role"] != "val"], [58.0])) == ["mean_predictor"]
+    with pytest.raises(ValueError, match="role"):
+        split_baselines(split.drop(columns=["role"]), [58.0])
 
 
 def _seed_table() -> pd.DataFrame:

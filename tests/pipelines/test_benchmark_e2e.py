@@ -53,6 +53,7 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project, monkeypat
     metrics = pd.read_csv(next(out.glob("benchmark_metrics.csv/*/benchmark_metrics.csv")))
     assert set(metrics["method"]) == {
         "mean_predictor",
+        "val_median_predictor",
         "zero_shot",
         "linear_probe",
         "cardiac_clip",

@@ -39,6 +39,7 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     assert sorted(cardiac["split"]) == ["k1_seed0", "k1_seed1"]
     assert cardiac["mae"].between(0, 100).all()
     assert (metrics["method"] == "mean_predictor").sum() == 2
+    assert (metrics["method"] == "val_median_predictor").sum() == 2
 
     runs = mlflow.search_runs(search_all_experiments=True)
     children = runs[runs["tags.mlflow.parentRunId"].notna()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -158,22 +159,41 @@ def mae_by_range(
     return pd.DataFrame(rows)
 
 
-def mean_predictor_baseline(
-    train_ef: object,
+def constant_baseline(
+    reference_ef: object,
     test_ef: object,
+    statistic: Literal["mean", "median"] = "mean",
     reduced_ef_thresholds: Sequence[float] = DEFAULT_REDUCED_EF_THRESHOLDS,
 ) -> dict[str, float]:
-    """Metrics of always predicting the training mean: the floor any model must beat.
+    """Metrics of always predicting one EF, the mean or median of ``reference_ef``.
 
-    The constant score gives AUROC 0.5 (when both classes are present); ``train_mean``
-    records the constant used.
+    The floors any model must beat: the k-shot TRAIN mean (uniform over EF levels, so far
+    from a mostly normal target) and the VAL median (labels the protocol already spends on
+    model selection; the best constant short of peeking at TEST). A constant gives AUROC 0.5
+    (when both classes are present); ``constant`` records the value used.
     """
-    train = _as_finite_1d(train_ef, "train_ef")
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic must be 'mean' or 'median', got {statistic!r}")
+    reference = _as_finite_1d(reference_ef, "reference_ef")
     test = _as_finite_1d(test_ef, "test_ef")
-    train_mean = float(train.mean())
-    metrics = ef_metrics(test, np.full_like(test, train_mean), reduced_ef_thresholds)
-    metrics["train_mean"] = train_mean
+    constant = float(np.mean(reference) if statistic == "mean" else np.median(reference))
+    metrics = ef_metrics(test, np.full_like(test, constant), reduced_ef_thresholds)
+    metrics["constant"] = constant
     return metrics
+
+
+def split_baselines(split: pd.DataFrame, test_ef: object) -> dict[str, dict[str, float]]:
+    """The constant baselines of one k-shot split (``role``, ``EF``) on ``test_ef``.
+
+    ``mean_predictor``: the TRAIN mean; ``val_median_predictor``: the VAL median (left out
+    when the split has no VAL rows).
+    """
+    _check_columns(split, ["role", "EF"], "k-shot split")
+    out = {"mean_predictor": constant_baseline(split.loc[split["role"] == "train", "EF"], test_ef)}
+    val = split.loc[split["role"] == "val", "EF"]
+    if len(val):
+        out["val_median_predictor"] = constant_baseline(val, test_ef, statistic="median")
+    return out
 
 
 def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:

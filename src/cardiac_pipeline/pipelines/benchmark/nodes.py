@@ -15,7 +15,7 @@ from cardiac_pipeline.echo.kshot import k_shot_split
 from cardiac_pipeline.echo.metrics import (
     ef_metrics,
     format_mean_sd,
-    mean_predictor_baseline,
+    split_baselines,
     summarise_over_seeds,
 )
 from cardiac_pipeline.model.benchmark import method_settings, run_method
@@ -80,10 +80,10 @@ def run_benchmark(
     for split_name, split in benchmark_splits.items():
         k, seed = int(split["k"].iloc[0]), int(split["seed"].iloc[0])
         test = split[split["role"] == "test"]
-        baseline = mean_predictor_baseline(split.loc[split["role"] == "train", "EF"], test["EF"])
-        rows.append(
-            {"method": "mean_predictor", "k": k, "seed": seed, **{m: baseline[m] for m in METRICS}}
-        )
+        for baseline, values in split_baselines(split, test["EF"]).items():
+            rows.append(
+                {"method": baseline, "k": k, "seed": seed, **{m: values[m] for m in METRICS}}
+            )
         for name in grid["methods"]:
             method = benchmark["methods"][name]
             tags = {"method": name, "k": k, "seed": seed, "pipeline": "benchmark"}

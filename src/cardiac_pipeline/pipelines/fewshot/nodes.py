@@ -22,7 +22,7 @@ from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
 from cardiac_pipeline.echo.metrics import (
     ef_metrics,
     format_mean_sd,
-    mean_predictor_baseline,
+    split_baselines,
     summarise_over_seeds,
 )
 from cardiac_pipeline.model import recipe
@@ -122,20 +122,19 @@ def evaluate_fewshot_models(
         test = split[split["role"] == "test"]
         table, attention = recipe.predict_on_table(clip_store, test, checkpoint, evaluation)
         metrics = ef_metrics(table["EF_true"], table["EF_pred"])
-        baseline = mean_predictor_baseline(
-            split.loc[split["role"] == "train", "EF"], table["EF_true"]
-        )
+        baselines = split_baselines(split, table["EF_true"])
         method = checkpoint["arch"]["cardiac_clip"].get("method", "cardiac_clip")
         rows.append({"split": name, "method": method, "k": k, "seed": seed, **metrics})
-        rows.append(
-            {
-                "split": name,
-                "method": "mean_predictor",
-                "k": k,
-                "seed": seed,
-                **{m: baseline[m] for m in ["n", *METRIC_COLUMNS]},
-            }
-        )
+        for baseline, values in baselines.items():
+            rows.append(
+                {
+                    "split": name,
+                    "method": baseline,
+                    "k": k,
+                    "seed": seed,
+                    **{m: values[m] for m in ["n", *METRIC_COLUMNS]},
+                }
+            )
         predictions[name] = table
         split_figures = _evaluation_figures(name, table, attention, video_index, evaluation)
         figures.update(split_figures)
@@ -143,16 +142,17 @@ def evaluate_fewshot_models(
         if run_id:
             with child_run(name, {}, run_id=run_id):
                 log_metrics({f"test_{m}": v for m, v in metrics.items()})
-                log_metrics({f"test_mean_predictor_{m}": baseline[m] for m in METRIC_COLUMNS})
+                for baseline, values in baselines.items():
+                    log_metrics({f"test_{baseline}_{m}": values[m] for m in METRIC_COLUMNS})
                 for key, fig in split_figures.items():
                     _log_figure(fig, f"plots/{key.split('/', 1)[1]}")
                 _log_table(table, "test_predictions.csv")
                 _log_checkpoint(checkpoint)
         logger.info(
-            "%s: test MAE %.2f (mean predictor %.2f), RMSE %.2f, R2 %.3f",
+            "%s: test MAE %.2f (constants: %s), RMSE %.2f, R2 %.3f",
             name,
             metrics["mae"],
-            baseline["mae"],
+            ", ".join(f"{b} {v['mae']:.2f}" for b, v in baselines.items()),
             metrics["rmse"],
             metrics["r2"],
         )
