@@ -34,6 +34,10 @@ def test_probe_embedding_cache_id_follows_weight_content_not_file_time(tmp_path:
     weights.write_bytes(b"second pretraining")  # re-pretrained in place
     assert probe_model_id(backbone) != first
     assert probe_model_id(backbone).startswith("echo-vit-tiny-")
+    # sources that are not files are named in full: a shared prefix is no shared entry
+    first_dir = {"name": "echo-clip", "pretrained": "local-dir:/models/echo-clip-site-a"}
+    second_dir = {"name": "echo-clip", "pretrained": "local-dir:/models/echo-clip-site-b"}
+    assert probe_model_id(first_dir) != probe_model_id(second_dir)
 
 
 def test_only_hub_and_local_dir_names_bring_their_own_weights() -> None:

@@ -172,7 +172,9 @@ def probe_model_id(backbone: dict[str, Any]) -> str:
     file time) makes that a new cache entry and leaves a copied or touched file a hit.
     """
     fingerprint = recipe.weights_fingerprint({"backbone": backbone})
-    return f"{backbone['name']}-{(fingerprint or str(backbone.get('pretrained')))[:16]}"
+    # only the hash is shortened: a folder or hub source is named in full, so two of them
+    # that share a prefix never share a cache entry
+    return f"{backbone['name']}-{fingerprint[:16] if fingerprint else backbone.get('pretrained')}"
 
 
 def _linear_probe(
