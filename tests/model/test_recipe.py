@@ -48,3 +48,22 @@ def test_only_hub_and_local_dir_names_bring_their_own_weights() -> None:
     assert not brings_own_weights("echo-convnext-tiny")
     assert not brings_own_weights(None)
     assert not brings_own_weights("C:/weights/backbone.pt")  # a drive letter is no schema
+
+
+def test_predict_on_table_batches_as_many_videos_as_evaluation_asks(monkeypatch) -> None:
+    import pandas as pd
+
+    from cardiac_pipeline.model import recipe
+
+    seen: list[int] = []
+
+    def fake_predict(model, dataset, *, device, batch_size, progress):
+        seen.append(batch_size)
+        return pd.DataFrame({"FileName": [], "EF_true": [], "EF_pred": []}), {}
+
+    monkeypatch.setattr(recipe, "EchoClipDataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe, "predict_videos", fake_predict)
+    checkpoint = {"clips": {"frames": 4, "period": 2}}
+    for evaluation in ({"n_clips": 1}, {"n_clips": 1, "batch_size": 4}):
+        recipe.predict_on_table(None, pd.DataFrame(), checkpoint, evaluation, model=object())
+    assert seen == [1, 4]  # default one video per forward pass; the R(2+1)D baseline asks 4

@@ -242,7 +242,8 @@ def predict_on_table(
     """Video-level predictions (mean over evenly spaced clips) for the rows of ``table``.
 
     Attention entries get ``frame_indices`` [N, T]: the source-video frame of every clip
-    frame, so MFL weights can be drawn against the cardiac cycle.
+    frame, so MFL weights can be drawn against the cardiac cycle. ``evaluation.batch_size``
+    videos go through one forward pass (default 1; only the speed changes).
     """
     spec = clip_spec(checkpoint["clips"])
     n_clips = evaluation.get("n_clips", 4)
@@ -253,7 +254,7 @@ def predict_on_table(
         model,
         dataset,
         device=evaluation.get("device", "auto"),
-        batch_size=1,
+        batch_size=int(evaluation.get("batch_size", 1)),
         progress=progress,
     )
     for name, item in attention.items():
