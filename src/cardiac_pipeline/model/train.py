@@ -349,7 +349,8 @@ def _build_optimizer(
         raise ValueError("param_groups_fn returned no trainable parameters")
     kind = config.optimizer.lower()
     optimizer = {"radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}.get(kind, torch.optim.Adam)
-    # foreach: one fused update per group (CUDA's default; on CPU ~20 % less optimizer time)
+    # foreach: one fused update per group (CUDA's default). On 2 CPU cores: R(2+1)D's update
+    # 0.085 -> 0.066 s, CardiacCLIP's 0.038 -> 0.046 s; either is <= 2 % of a step
     return optimizer(
         groups, lr=max(config.lrs.values()), weight_decay=config.weight_decay, foreach=True
     )
