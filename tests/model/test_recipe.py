@@ -67,3 +67,41 @@ def test_predict_on_table_batches_as_many_videos_as_evaluation_asks(monkeypatch)
     for evaluation in ({"n_clips": 1}, {"n_clips": 1, "batch_size": 4}):
         recipe.predict_on_table(None, pd.DataFrame(), checkpoint, evaluation, model=object())
     assert seen == [1, 4]  # default one video per forward pass; the R(2+1)D baseline asks 4
+
+
+def test_only_a_pretrained_start_competes_as_epoch_zero(monkeypatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import torch
+
+    from cardiac_pipeline.model import recipe
+
+    seen: list[bool] = []
+
+    def fake_fit(model, train_set, val_set, config, work_dir, **kwargs):
+        seen.append(config.select_start)
+        return recipe.TrainResult(1, 1.0, pd.DataFrame(), work_dir, work_dir)
+
+    monkeypatch.setattr(recipe, "EchoClipDataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe, "fit", fake_fit)
+    split = pd.DataFrame({"FileName": ["a", "b"], "EF": [40.0, 60.0], "role": ["train", "val"]})
+    weights = tmp_path / "pretrained_backbone.pt"
+    weights.write_bytes(b"pretrained")
+    starts = {
+        "pretrained": {"name": "echo-vit-tiny", "pretrained": str(weights)},
+        "echoclip": {"name": "local-dir:/models/echo-clip", "pretrained": None},
+        "random": {"name": "echo-vit-tiny", "pretrained": None},
+        "unloaded": {"name": "local-dir:/models/echo-clip", "load_weights": False},
+    }
+    for backbone in starts.values():
+        recipe.train_on_split(
+            SimpleNamespace(root=tmp_path),
+            split,
+            arch={"backbone": backbone},
+            clips={"frames": 2, "period": 1},
+            training={"select_start": True, "work_dir": str(tmp_path)},
+            model=torch.nn.Linear(1, 1),
+        )
+    # EchoCLIP and our checkpoint compete with their adaptation; random weights do not
+    assert seen == [True, True, False, False]

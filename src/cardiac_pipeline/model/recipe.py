@@ -127,6 +127,14 @@ def weights_fingerprint(arch: dict[str, Any]) -> str | None:
     return digest.hexdigest()
 
 
+def starts_pretrained(arch: dict[str, Any]) -> bool:
+    """Whether the model of ``arch`` starts from learned weights (a checkpoint, EchoCLIP)."""
+    backbone = arch.get("backbone") or {}
+    if not backbone.get("load_weights", True):
+        return False
+    return bool(backbone.get("pretrained")) or brings_own_weights(backbone.get("name"))
+
+
 def train_on_split(
     store: ClipStore,
     split: pd.DataFrame,
@@ -146,8 +154,14 @@ def train_on_split(
     again after an interruption resumes, and calling again after completion returns at
     once. The key covers the architecture and its weights file, clip and training
     parameters and the split.
+
+    ``training.select_start`` applies to pretrained starts only: random weights are no
+    candidate model (they would report an untrained network's near-constant output).
     """
     seed = int(training.get("seed", 0))
+    if training.get("select_start") and not starts_pretrained(arch):
+        logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
+        training = {**training, "select_start": False}
     spec = clip_spec(clips)
     train_rows = split[split["role"] == "train"]
     val_rows = split[split["role"] == "val"]
