@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cardiac_pipeline.model.recipe import run_key, weights_fingerprint
 
 
@@ -69,7 +71,28 @@ def test_predict_on_table_batches_as_many_videos_as_evaluation_asks(monkeypatch)
     assert seen == [1, 4]  # default one video per forward pass; the R(2+1)D baseline asks 4
 
 
-def test_only_a_pretrained_start_competes_as_epoch_zero(monkeypatch, tmp_path: Path) -> None:
+@pytest.fixture
+def fit_configs(monkeypatch) -> list:
+    """The TrainConfig of every ``recipe.train_on_split`` call; no data read, nothing trained."""
+    import pandas as pd
+
+    from cardiac_pipeline.model import recipe
+
+    configs: list = []
+
+    def fake_fit(model, train_set, val_set, config, work_dir, **kwargs):
+        configs.append(config)
+        return recipe.TrainResult(1, 1.0, pd.DataFrame(), work_dir, work_dir)
+
+    monkeypatch.setattr(recipe, "EchoClipDataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr(recipe, "fit", fake_fit)
+    return configs
+
+
+TWO_VIDEO_SPLIT = {"FileName": ["a", "b"], "EF": [40.0, 60.0], "role": ["train", "val"]}
+
+
+def test_only_a_pretrained_start_competes_as_epoch_zero(fit_configs, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     import pandas as pd
@@ -77,15 +100,7 @@ def test_only_a_pretrained_start_competes_as_epoch_zero(monkeypatch, tmp_path: P
 
     from cardiac_pipeline.model import recipe
 
-    seen: list[bool] = []
-
-    def fake_fit(model, train_set, val_set, config, work_dir, **kwargs):
-        seen.append(config.select_start)
-        return recipe.TrainResult(1, 1.0, pd.DataFrame(), work_dir, work_dir)
-
-    monkeypatch.setattr(recipe, "EchoClipDataset", lambda *args, **kwargs: None)
-    monkeypatch.setattr(recipe, "fit", fake_fit)
-    split = pd.DataFrame({"FileName": ["a", "b"], "EF": [40.0, 60.0], "role": ["train", "val"]})
+    split = pd.DataFrame(TWO_VIDEO_SPLIT)
     weights = tmp_path / "pretrained_backbone.pt"
     weights.write_bytes(b"pretrained")
     starts = {
@@ -104,4 +119,47 @@ def test_only_a_pretrained_start_competes_as_epoch_zero(monkeypatch, tmp_path: P
             model=torch.nn.Linear(1, 1),
         )
     # EchoCLIP and our checkpoint compete with their adaptation; random weights do not
-    assert seen == [True, True, False, False]
+    assert [config.select_start for config in fit_configs] == [True, True, False, False]
+
+
+def test_recipe_sections_reject_unknown_and_retired_keys() -> None:
+    from cardiac_pipeline.model import recipe
+
+    good = {
+        "backbone": {"name": "echo-vit-tiny", "pretrained": None},
+        "cardiac_clip": {"method": "cardiac_clip", "scales": [1, 2], "pooling": "mean"},
+        "clips": {"frames": 4, "period": 2, "augment_pad": 12, "val_clips": 1},
+        "training": {"epochs": 1, "lrs": {"head": 1e-3}, "work_dir": "w", "select_start": True},
+        "evaluation": {"n_clips": 2, "batch_size": 1, "device": "cpu"},
+    }
+    recipe.check_recipe(good)
+    with pytest.raises(ValueError, match=r"'cardiac_clip'.*'pooling_type'.*did you mean 'pooling'"):
+        recipe.check_recipe({**good, "cardiac_clip": {"pooling_type": "mean"}})
+    with pytest.raises(ValueError, match="'eval_batch_size' is now evaluation.batch_size"):
+        recipe.check_recipe({**good, "training": {"eval_batch_size": 4}})
+    with pytest.raises(ValueError, match="benchmark.methods.x.clips"):
+        recipe.check_recipe({"clips": {"frame": 4}}, where="benchmark.methods.x.")
+    with pytest.raises(ValueError, match="clips"):
+        recipe.clip_spec({"frames": 4, "periode": 2})  # the domain API checks too
+
+
+def test_vals_batch_size_comes_from_evaluation(fit_configs, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import torch
+
+    from cardiac_pipeline.model import recipe
+
+    split = pd.DataFrame(TWO_VIDEO_SPLIT)
+    for batch_size in (1, 4):
+        recipe.train_on_split(
+            SimpleNamespace(root=tmp_path),
+            split,
+            arch={"backbone": {"name": "echo-vit-tiny", "pretrained": None}},
+            clips={"frames": 2, "period": 1},
+            training={"work_dir": str(tmp_path)},
+            eval_batch_size=batch_size,
+            model=torch.nn.Linear(1, 1),
+        )
+    assert [config.eval_batch_size for config in fit_configs] == [1, 4]

@@ -22,8 +22,11 @@ import torch
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import brings_own_weights
+from cardiac_pipeline.params import check_keys
 
 KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
+SECTIONS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
+METHOD_KEYS = frozenset({"kind", "pretrained", *SECTIONS})
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,10 +42,28 @@ def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, A
 
 def method_settings(method: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The base recipe (backbone, cardiac_clip, clips, training, evaluation) with the method's overrides."""
-    return {
-        key: _merge(base[key], method.get(key))
-        for key in ("backbone", "cardiac_clip", "clips", "training", "evaluation")
-    }
+    return {key: _merge(base[key], method.get(key)) for key in SECTIONS}
+
+
+def check_methods(
+    methods: dict[str, dict[str, Any]], names: list[str], base: dict[str, Any]
+) -> None:
+    """Fail before the first run on an unknown method, kind or key in any method's recipe.
+
+    A misspelt override (``cardiacclip: {scales: [1]}``) would otherwise run the full model
+    under the ablation's name.
+    """
+    missing = [name for name in names if name not in methods]
+    if missing:
+        raise ValueError(f"benchmark methods {missing} are not defined in benchmark.methods")
+    for name in names:
+        method = methods[name] or {}
+        where = f"benchmark.methods.{name}"
+        check_keys(where, method, METHOD_KEYS)
+        kind = method.get("kind", "cardiac_clip")
+        if kind not in KINDS:
+            raise ValueError(f"{where}: unknown kind {kind!r} (one of {KINDS})")
+        recipe.check_recipe(method_settings(method, base), where=f"{where}.")
 
 
 def run_method(
@@ -121,6 +142,7 @@ def run_method(
         arch=arch,
         clips=settings["clips"],
         training=training,
+        eval_batch_size=int(settings["evaluation"].get("batch_size", 1)),
         progress=progress,
         **extra,
     )

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.train import TrainConfig, TrainResult, fit, predict_videos
+from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
 MODEL_KWARGS = ("scales", "tile", "pooling", "head", "attention_hidden", "interpolation")
@@ -33,6 +34,17 @@ CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 # Parameters that change where a run goes, not what it computes: left out of the run key.
 logger = logging.getLogger(__name__)
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
+
+# The keys each conf section of a recipe may have (conf/base/parameters_fewshot.yml).
+RECIPE_KEYS: dict[str, frozenset[str]] = {
+    "backbone": frozenset({"name", "pretrained", "load_weights"}),
+    "cardiac_clip": frozenset({*MODEL_KWARGS, "method"}),
+    "clips": frozenset({*CLIP_SPEC_KWARGS, "augment_pad", "val_clips"}),
+    "training": frozenset({f.name for f in dataclasses.fields(TrainConfig)} | {"work_dir"})
+    - {"eval_batch_size"},
+    "evaluation": frozenset({"n_clips", "batch_size", "device", "attention_plot_videos"}),
+}
+_MOVED_KEYS = {"training": {"eval_batch_size": "evaluation.batch_size (VAL and TEST alike)"}}
 
 
 PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipeline's output
@@ -96,12 +108,28 @@ def build_cardiac_clip(
         return CardiacCLIP.from_backbone(created, **kwargs)
 
 
+def check_recipe(sections: Mapping[str, Mapping[str, Any] | None], where: str = "") -> None:
+    """Fail on any key a recipe section does not know (before hours of training on defaults).
+
+    ``sections`` maps section names (``backbone``, ``cardiac_clip``, ``clips``, ``training``,
+    ``evaluation``) to their values; ``where`` prefixes the names in the error
+    (``benchmark.methods.cardiac_clip.``).
+    """
+    for name, values in sections.items():
+        if name not in RECIPE_KEYS:
+            raise ValueError(f"parameters {where}{name!r}: not one of {sorted(RECIPE_KEYS)}")
+        check_keys(f"{where}{name}", values, RECIPE_KEYS[name], _MOVED_KEYS.get(name))
+
+
 def clip_spec(clips: dict[str, Any]) -> ClipSpec:
+    check_keys("clips", clips, RECIPE_KEYS["clips"])
     return ClipSpec(**{k: v for k, v in clips.items() if k in CLIP_SPEC_KWARGS})
 
 
 def train_config(training: dict[str, Any]) -> TrainConfig:
+    """``TrainConfig`` from a conf ``training`` section (``work_dir`` is the caller's)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    check_keys("training", training, names | {"work_dir"})
     return TrainConfig(**{k: v for k, v in training.items() if k in names})
 
 
@@ -142,6 +170,7 @@ def train_on_split(
     arch: dict[str, Any],
     clips: dict[str, Any],
     training: dict[str, Any],
+    eval_batch_size: int = 1,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     model: torch.nn.Module | None = None,
@@ -157,7 +186,9 @@ def train_on_split(
 
     ``training.select_start`` applies to pretrained starts only: random weights are no
     candidate model (they would report an untrained network's near-constant output).
+    ``eval_batch_size`` (conf: ``evaluation.batch_size``) videos per VAL forward pass.
     """
+    check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
     seed = int(training.get("seed", 0))
     if training.get("select_start") and not starts_pretrained(arch):
         logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
@@ -182,7 +213,7 @@ def train_on_split(
         if len(val_rows)
         else None
     )
-    config = train_config({**training, "seed": seed})
+    config = train_config({**training, "seed": seed, "eval_batch_size": int(eval_batch_size)})
     key = run_key(
         arch,
         weights_fingerprint(arch),
@@ -259,6 +290,7 @@ def predict_on_table(
     frame, so MFL weights can be drawn against the cardiac cycle. ``evaluation.batch_size``
     videos go through one forward pass (default 1; only the speed changes).
     """
+    check_keys("evaluation", evaluation, RECIPE_KEYS["evaluation"])
     spec = clip_spec(checkpoint["clips"])
     n_clips = evaluation.get("n_clips", 4)
     n_clips = n_clips if n_clips == "all" else int(n_clips)

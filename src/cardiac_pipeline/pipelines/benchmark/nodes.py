@@ -18,7 +18,8 @@ from cardiac_pipeline.echo.metrics import (
     split_baselines,
     summarise_over_seeds,
 )
-from cardiac_pipeline.model.benchmark import method_settings, run_method
+from cardiac_pipeline.model.benchmark import SECTIONS, check_methods, method_settings, run_method
+from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
 logger = logging.getLogger(__name__)
@@ -26,12 +27,19 @@ logger = logging.getLogger(__name__)
 METRICS = ["mae", "rmse", "r2", "auroc_ef_lt_50"]
 
 
+BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods")
+GRID_KEYS = ("shots", "seeds", "val_size", "methods")
+
+
 def _variant(benchmark: dict[str, Any]) -> dict[str, Any]:
     """The chosen variant's grid (``benchmark.variant``: full or quick)."""
+    check_keys("benchmark", benchmark, BENCHMARK_KEYS)
     name = benchmark.get("variant", "full")
     if name not in benchmark["variants"]:
         raise ValueError(f"benchmark.variant {name!r} not in {sorted(benchmark['variants'])}")
-    return benchmark["variants"][name]
+    grid = benchmark["variants"][name]
+    check_keys(f"benchmark.variants.{name}", grid, GRID_KEYS)
+    return grid
 
 
 def make_benchmark_splits(
@@ -65,6 +73,7 @@ def run_benchmark(
     grid of many runs), is the base that every method's own overrides start from.
     """
     grid = _variant(benchmark)
+    check_keys("benchmark.recipe", benchmark.get("recipe"), SECTIONS)
     base = method_settings(
         benchmark.get("recipe") or {},
         {
@@ -75,6 +84,7 @@ def run_benchmark(
             "evaluation": evaluation,
         },
     )
+    check_methods(benchmark["methods"], list(grid["methods"]), base)
     rows = []
     zero_shot_cache: dict[str, pd.DataFrame] = {}
     for split_name, split in benchmark_splits.items():

@@ -26,11 +26,13 @@ from cardiac_pipeline.echo.metrics import (
     summarise_over_seeds,
 )
 from cardiac_pipeline.model import recipe
+from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40"]
+FEWSHOT_KEYS = ("shots", "seeds", "val_size", "val_seed", "split_file")
 
 
 def split_name(k: int, seed: int) -> str:
@@ -41,6 +43,7 @@ def make_k_shot_splits(
     video_index: pd.DataFrame, fewshot: dict[str, Any]
 ) -> dict[str, pd.DataFrame]:
     """One split table per (k, seed) of the grid, or the user's split file when given."""
+    check_keys("fewshot", fewshot, FEWSHOT_KEYS)
     if fewshot.get("split_file"):
         split = read_split_file(fewshot["split_file"], video_index)
         return {"user_split": split}
@@ -67,13 +70,24 @@ def train_fewshot_models(
     cardiac_clip: dict[str, Any],
     clips: dict[str, Any],
     training: dict[str, Any],
+    evaluation: dict[str, Any],
     pretrained_backbone: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train one CardiacCLIP per split; returns checkpoints (best validation MAE).
 
     ``backbone.pretrained: pretrain`` starts from ``pretrained_backbone`` (the pretrain
     pipeline's checkpoint); any other value is passed to the backbone factory as it is.
+    VAL is scored with ``evaluation.batch_size`` videos per forward pass, like TEST.
     """
+    recipe.check_recipe(
+        {
+            "backbone": backbone,
+            "cardiac_clip": cardiac_clip,
+            "clips": clips,
+            "training": training,
+            "evaluation": evaluation,
+        }
+    )
     models = {}
     backbone = recipe.with_pretrained(
         backbone, str(pretrained_backbone) if pretrained_backbone else None
@@ -96,6 +110,7 @@ def train_fewshot_models(
                 arch=arch,
                 clips=clips,
                 training={**training, "seed": seed},
+                eval_batch_size=int(evaluation.get("batch_size", 1)),
                 on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             )
             checkpoint["meta"]["mlflow_run_id"] = run_id

@@ -36,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:cardiac_clip",
                     "params:clips",
                     "params:training",
+                    "params:evaluation",
                     "pretrained_backbone",
                 ],
                 outputs="fewshot_models",

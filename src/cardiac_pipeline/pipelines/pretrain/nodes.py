@@ -14,6 +14,7 @@ from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
 from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
+from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.tracking import log_metrics
 
 from .datasets import PretrainRequest
@@ -91,9 +92,18 @@ def request_pretraining(
     reports = pd.read_csv(reports_path)
     if not {"FileName", "Report"} <= set(reports.columns):
         raise ValueError(f"{reports_path}: needs columns FileName, Report")
-    table = pretrain_video_index[["FileName"]].merge(reports, on="FileName", how="inner")
-    table = table.dropna(subset=["Report"]).sort_values("FileName").reset_index(drop=True)
+    table = pretrain_video_index[["FileName"]].merge(reports, on="FileName", how="left")
+    no_report = table["Report"].isna() | (table["Report"].astype(str).str.strip() == "")
+    if no_report.any():
+        logger.warning(
+            "%s: %d usable videos have no report and are left out of pretraining (e.g. %s)",
+            reports_path,
+            int(no_report.sum()),
+            ", ".join(table.loc[no_report, "FileName"].astype(str).head(3)),
+        )
+    table = table[~no_report].sort_values("FileName").reset_index(drop=True)
     logger.info("Pretraining on %d video-report pairs", len(table))
+    check_keys("pretrain", pretrain, {*TRAINING_KEYS, "arch", "corpus", "device", "progress"})
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
     arch = str(pretrain["arch"])
     config = {
