@@ -108,6 +108,9 @@ class ToyEchoDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def eval_identity(self) -> dict:
+        return {"ef": self.ef.tolist(), "clip_len": self.clip_len, "n_clips": self.n_clips}
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -325,6 +328,31 @@ def test_select_start_keeps_the_start_when_adaptation_only_hurts(tmp_path: Path)
     # the start loses once an epoch is better, as in a normal run
     _, learning = run_fit(tmp_path / "learning", make_config(epochs=4, select_start=True))
     assert learning.best_epoch >= 1
+
+
+def test_start_score_is_computed_once_per_start_weights(tmp_path: Path, monkeypatch) -> None:
+    from cardiac_pipeline.model import train as train_module
+    from cardiac_pipeline.model.prediction_cache import PredictionCache
+
+    passes: list[str] = []
+    run_videos = train_module._run_videos
+
+    def counting_run_videos(*args, **kwargs):
+        passes.append(kwargs["desc"])
+        return run_videos(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_videos", counting_run_videos)
+    cache = PredictionCache(tmp_path / "predictions", {"arch": "fake"})
+    config = make_config(select_start=True)
+    _, first = run_fit(tmp_path / "first", config, prediction_cache=cache)
+    assert passes.count("val 0") == 1
+    _, again = run_fit(tmp_path / "again", config, prediction_cache=cache)  # same start
+    assert passes.count("val 0") == 1 and passes.count("val 1") == 2  # only epoch 0 reused
+    assert (again.best_epoch, again.best_val_mae) == (first.best_epoch, first.best_val_mae)
+    learned = ["epoch", "train_loss", "val_mae", "val_rmse", "lr"]
+    pd.testing.assert_frame_equal(first.history[learned], again.history[learned])
+    run_fit(tmp_path / "other", config, model_seed=5, prediction_cache=cache)  # other start
+    assert passes.count("val 0") == 2
 
 
 def test_runs_stored_before_a_new_config_field_still_resume(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import torch
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import brings_own_weights
+from cardiac_pipeline.model.prediction_cache import PredictionCache
 from cardiac_pipeline.params import check_keys
 
 KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
@@ -136,6 +137,7 @@ def run_method(
             "cardiac_clip": {"method": name},
             "initial_ef": initial_ef,
         }
+    cache = PredictionCache(Path(cache_dir) / "predictions")
     _, result = recipe.train_on_split(
         store,
         split,
@@ -144,6 +146,7 @@ def run_method(
         training=training,
         eval_batch_size=int(settings["evaluation"].get("batch_size", 1)),
         progress=progress,
+        prediction_cache=cache,
         **extra,
     )
     model = extra.get("model")
@@ -159,6 +162,7 @@ def run_method(
         {**settings["evaluation"], "device": device},
         model=model,
         progress=progress,
+        cache=cache.scoped({"arch": arch}),
     )
     return predictions[["FileName", "EF_true", "EF_pred"]]
 

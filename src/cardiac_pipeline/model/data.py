@@ -17,6 +17,7 @@ workers' dataset copies would keep the old epoch), which ``make_loader`` ensures
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import numpy as np
@@ -77,6 +78,18 @@ class EchoClipDataset(Dataset):
         self.seed = seed
         self.augment_pad = augment_pad
         self.epoch = 0
+
+    def eval_identity(self) -> dict[str, Any]:
+        """What decides an eval dataset's items (no randomness there): a cache-key part."""
+        if self.train:
+            raise ValueError("training items are drawn at random; only eval datasets qualify")
+        return {
+            "store": str(self.store.root),
+            "files": self.file_names,
+            "ef": [float(ef) for ef in self.ejection_fraction],
+            "spec": dataclasses.asdict(self.spec),
+            "n_eval_clips": self.n_eval_clips,
+        }
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random clips and crops the next items draw."""

@@ -25,7 +25,14 @@ from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
-from cardiac_pipeline.model.train import TrainConfig, TrainResult, fit, predict_videos
+from cardiac_pipeline.model.prediction_cache import PredictionCache
+from cardiac_pipeline.model.train import (
+    TrainConfig,
+    TrainResult,
+    fit,
+    predict_videos,
+    resolve_device,
+)
 from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
@@ -176,6 +183,7 @@ def train_on_split(
     model: torch.nn.Module | None = None,
     loss_fn: Callable[..., Any] | None = None,
     param_groups_fn: Callable[..., Any] | None = None,
+    prediction_cache: PredictionCache | None = None,
 ) -> tuple[dict[str, Any], TrainResult]:
     """Train on the split's ``train`` rows, select on its ``val`` rows; a checkpoint dict.
 
@@ -187,6 +195,7 @@ def train_on_split(
     ``training.select_start`` applies to pretrained starts only: random weights are no
     candidate model (they would report an untrained network's near-constant output).
     ``eval_batch_size`` (conf: ``evaluation.batch_size``) videos per VAL forward pass.
+    ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
     check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
     seed = int(training.get("seed", 0))
@@ -237,6 +246,7 @@ def train_on_split(
         param_groups_fn=param_groups_fn,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        prediction_cache=prediction_cache.scoped({"arch": arch}) if prediction_cache else None,
     )
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -283,12 +293,15 @@ def predict_on_table(
     *,
     model: torch.nn.Module | None = None,
     progress: bool = True,
+    cache: PredictionCache | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """Video-level predictions (mean over evenly spaced clips) for the rows of ``table``.
 
     Attention entries get ``frame_indices`` [N, T]: the source-video frame of every clip
     frame, so MFL weights can be drawn against the cardiac cycle. ``evaluation.batch_size``
-    videos go through one forward pass (default 1; only the speed changes).
+    videos go through one forward pass (default 1; only the speed changes). With ``cache``
+    (scoped to the architecture) the table comes from the prediction cache when these
+    weights were evaluated on these clips before; attention is then not returned (``{}``).
     """
     check_keys("evaluation", evaluation, RECIPE_KEYS["evaluation"])
     spec = clip_spec(checkpoint["clips"])
@@ -296,12 +309,24 @@ def predict_on_table(
     n_clips = n_clips if n_clips == "all" else int(n_clips)
     dataset = EchoClipDataset(store, table, spec, train=False, n_eval_clips=n_clips)
     model = model or model_from_checkpoint(checkpoint)
+    device = resolve_device(evaluation.get("device", "auto"))
+    batch_size = int(evaluation.get("batch_size", 1))
+    if cache is not None:
+        context = {
+            "dataset": dataset.eval_identity(),
+            "device": device.type,
+            "batch_size": batch_size,
+        }
+        table = cache.get_or_compute(
+            model,
+            context,
+            lambda: predict_videos(
+                model, dataset, device=device, batch_size=batch_size, progress=progress
+            )[0],
+        )
+        return table, {}
     predictions, attention = predict_videos(
-        model,
-        dataset,
-        device=evaluation.get("device", "auto"),
-        batch_size=int(evaluation.get("batch_size", 1)),
-        progress=progress,
+        model, dataset, device=device, batch_size=batch_size, progress=progress
     )
     for name, item in attention.items():
         if "frame_indices" not in item and "start" in item:

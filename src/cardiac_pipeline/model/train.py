@@ -42,6 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from cardiac_pipeline.model.prediction_cache import PredictionCache
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cardiac_pipeline.train/1"
@@ -546,19 +548,36 @@ def _validate(
     config: TrainConfig,
     progress: bool,
     epoch: int,
+    cache: PredictionCache | None = None,
 ) -> tuple[float, float]:
-    """Video-level ``(MAE, RMSE)`` on the validation loader after ``epoch`` (0: the start)."""
-    rows, _ = _run_videos(
-        model,
-        loader,
-        device,
-        amp_dtype,
-        config.eval_clip_chunk,
-        collect_attention=False,
-        progress=progress,
-        desc=f"val {epoch}",
-    )
-    return _video_mae(rows)
+    """Video-level ``(MAE, RMSE)`` on the validation loader after ``epoch`` (0: the start).
+
+    With ``cache`` the predictions come from (or go to) the prediction cache.
+    """
+
+    def run() -> pd.DataFrame:
+        rows, _ = _run_videos(
+            model,
+            loader,
+            device,
+            amp_dtype,
+            config.eval_clip_chunk,
+            collect_attention=False,
+            progress=progress,
+            desc=f"val {epoch}",
+        )
+        return pd.DataFrame(rows)
+
+    if cache is None:
+        return _video_mae(run().to_dict("records"))
+    context = {
+        "dataset": loader.dataset.eval_identity(),
+        "device": device.type,
+        "amp": str(amp_dtype),
+        "batch_size": loader.batch_size,
+        "clip_chunk": config.eval_clip_chunk,
+    }
+    return _video_mae(cache.get_or_compute(model, context, run).to_dict("records"))
 
 
 def _save_best(
@@ -632,6 +651,7 @@ def fit(
     param_groups_fn: ParamGroupsFn | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    prediction_cache: PredictionCache | None = None,
 ) -> TrainResult:
     """Train, validate each epoch on video-level MAE, keep ``best.pt`` and ``last.pt``.
 
@@ -642,6 +662,8 @@ def fit(
     ``on_epoch_end(epoch, metrics)`` is called after the epoch's checkpoint is written;
     epochs count from 1 and ``dataset.set_epoch`` receives that number.
     ``loss_fn`` / ``param_groups_fn`` default to the CardiacCLIP ones.
+    ``prediction_cache`` (scoped to the architecture) serves the ``select_start`` score of
+    starting weights already scored on the same VAL videos.
     """
     loss_fn = loss_fn or _default_loss_fn()
     param_groups_fn = param_groups_fn or _default_param_groups_fn()
@@ -729,7 +751,9 @@ def fit(
     if config.select_start and val_loader is not None and start_epoch == 1:
         # the RNG is forked so that training is bit-identical with or without this
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            start_mae, _ = _validate(model, val_loader, device, amp_dtype, config, progress, 0)
+            start_mae, _ = _validate(
+                model, val_loader, device, amp_dtype, config, progress, 0, prediction_cache
+            )
         if math.isfinite(start_mae):
             best_epoch, best_val_mae = 0, start_mae
             _save_best(model, 0, start_mae, config, best_path)
