@@ -198,3 +198,19 @@ def test_load_weights_false_starts_a_named_model_from_random(
     assert create_backbone(f"local-dir:{folder}", load_weights=False).mean == pytest.approx(
         (0.1, 0.2, 0.3)
     )
+
+
+def test_log_says_where_the_weights_came_from_not_random_init(tmp_path: Path, caplog) -> None:
+    import logging
+
+    path = save_backbone_checkpoint(create_backbone(ARCH, seed=1).model, ARCH, tmp_path / "b.pt")
+    with caplog.at_level(logging.INFO):
+        create_backbone(ARCH, str(path))
+        loaded = caplog.text
+        caplog.clear()
+        create_backbone(ARCH, None)
+        random = caplog.text
+    # open_clip's "initialized randomly" would be wrong for a model whose weights follow
+    assert "initialized randomly" not in loaded and f"weights from {path}" in loaded
+    assert "initialized randomly" not in random and f"backbone {ARCH}: random init" in random
+    assert not logging.getLogger().filters  # the filter is gone again

@@ -21,9 +21,10 @@ Face cache only, and every missing file raises an error that says how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +50,25 @@ ECHO_CONVNEXT_TINY_ARGS: dict[str, Any] = {
     "dims": (32, 64, 128, 256),
     "conv_mlp": True,
 }
+
+
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "initialized randomly" warning: weights are loaded after it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    """open_clip warns on every model built without its own weights (root logger); the
+    factory says instead where the weights came from."""
+    root, notice = logging.getLogger(), _RandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 class BackboneWeightsNotFound(FileNotFoundError):
@@ -282,14 +302,15 @@ def create_backbone(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = open_clip.create_model(
-            source,
-            pretrained=None,
-            load_weights=load_weights,
-            device="cpu",
-            pretrained_image=False,
-            pretrained_text=False,
-        )
+        with _without_random_init_notice():
+            model = open_clip.create_model(
+                source,
+                pretrained=None,
+                load_weights=load_weights,
+                device="cpu",
+                pretrained_image=False,
+                pretrained_text=False,
+            )
     if weights_file is not None:  # always None when not load_weights
         state_dict = load_backbone_state_dict(
             weights_file, arch=None if brings_own_weights(source) else source
@@ -300,6 +321,8 @@ def create_backbone(
             raise ValueError(
                 f"Backbone checkpoint {weights_file} does not fit architecture '{name}': {error}"
             ) from error
+    origin = weights_file or (source if brings_own_weights(source) and load_weights else None)
+    logger.info("backbone %s: %s", name, f"weights from {origin}" if origin else "random init")
     model = model.to(device)
     tokenizer = open_clip.get_tokenizer(source)
     mean, std = _model_mean_std(model)

@@ -568,10 +568,11 @@ def _validate(
         )
         return pd.DataFrame(rows)
 
-    if cache is None:
+    identity = getattr(loader.dataset, "eval_identity", None)
+    if cache is None or identity is None:  # a dataset that cannot name its items: no cache
         return _video_mae(run().to_dict("records"))
     context = {
-        "dataset": loader.dataset.eval_identity(),
+        "dataset": identity(),
         "device": device.type,
         "amp": str(amp_dtype),
         "batch_size": loader.batch_size,
