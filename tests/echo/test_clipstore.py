@@ -94,7 +94,7 @@ def test_parallel_build_matches_in_process_build(tmp_path):
 def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch):
     index = make_index(tmp_path)
     root = tmp_path / "store"
-    real_write = clipstore._atomic_write
+    real_write = clipstore.atomic_write
     calls = []
 
     def crash_before_entry(path, write, *, fsync):
@@ -103,10 +103,10 @@ def test_interrupted_build_leaves_nothing_trusted(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_write(path, write, fsync=fsync)
 
-    monkeypatch.setattr(clipstore, "_atomic_write", crash_before_entry)
+    monkeypatch.setattr(clipstore, "atomic_write", crash_before_entry)
     with pytest.raises(KeyboardInterrupt):
         build(index, root)
-    monkeypatch.setattr(clipstore, "_atomic_write", real_write)
+    monkeypatch.setattr(clipstore, "atomic_write", real_write)
     store = ClipStore(root)
     assert store.npy_path("V0").is_file()
     assert "V0" not in store

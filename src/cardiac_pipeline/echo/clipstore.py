@@ -138,7 +138,7 @@ def _check_file_name(file_name: str) -> None:
         raise ClipStoreError(f"{file_name!r}: not usable as a store file name")
 
 
-def _atomic_write(path: Path, write, *, fsync: bool) -> None:
+def atomic_write(path: Path, write, *, fsync: bool) -> None:
     """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename."""
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
     try:
@@ -410,9 +410,7 @@ def _build_entry(task: dict[str, Any]) -> dict[str, Any]:
         for stale in (entry_path, npy_path):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        _atomic_write(
-            npy_path, lambda f: np.save(f, video, allow_pickle=False), fsync=task["fsync"]
-        )
+        atomic_write(npy_path, lambda f: np.save(f, video, allow_pickle=False), fsync=task["fsync"])
         entry = {
             "format": STORE_FORMAT,
             "file_name": file_name,
@@ -432,7 +430,7 @@ def _build_entry(task: dict[str, Any]) -> dict[str, Any]:
             "checksum": _checksum(video),
         }
         payload = json.dumps(entry, indent=1, sort_keys=True).encode()
-        _atomic_write(entry_path, lambda f: f.write(payload), fsync=task["fsync"])
+        atomic_write(entry_path, lambda f: f.write(payload), fsync=task["fsync"])
         return entry
     except (VideoReadError, ClipStoreError, OSError, ValueError) as exc:
         return {"file_name": file_name, "error": f"{path}: {exc}"}
@@ -565,6 +563,6 @@ def build_clip_store(
         manifest = pd.DataFrame(
             [results[n] for n in names if n in results], columns=MANIFEST_COLUMNS
         )
-        _atomic_write(root / _MANIFEST, lambda f: manifest.to_csv(f, index=False), fsync=fsync)
+        atomic_write(root / _MANIFEST, lambda f: manifest.to_csv(f, index=False), fsync=fsync)
     manifest.attrs["failures"] = failures
     return manifest

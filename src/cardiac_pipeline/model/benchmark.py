@@ -46,6 +46,14 @@ def method_settings(method: dict[str, Any], base: dict[str, Any]) -> dict[str, A
     return {key: _merge(base[key], method.get(key)) for key in SECTIONS}
 
 
+def method_kind(name: str, method: dict[str, Any]) -> str:
+    """The method's ``kind`` (default ``cardiac_clip``); an unknown one is an error."""
+    kind = method.get("kind", "cardiac_clip")
+    if kind not in KINDS:
+        raise ValueError(f"benchmark.methods.{name}: unknown kind {kind!r} (one of {KINDS})")
+    return kind
+
+
 def check_methods(
     methods: dict[str, dict[str, Any]], names: list[str], base: dict[str, Any]
 ) -> None:
@@ -61,9 +69,7 @@ def check_methods(
         method = methods[name] or {}
         where = f"benchmark.methods.{name}"
         check_keys(where, method, METHOD_KEYS)
-        kind = method.get("kind", "cardiac_clip")
-        if kind not in KINDS:
-            raise ValueError(f"{where}: unknown kind {kind!r} (one of {KINDS})")
+        method_kind(name, method)
         recipe.check_recipe(method_settings(method, base), where=f"{where}.")
 
 
@@ -79,9 +85,7 @@ def run_method(
     progress: bool = True,
 ) -> pd.DataFrame:
     """TEST predictions (``FileName, EF_true, EF_pred``) of one method trained on ``split``."""
-    kind = method.get("kind", "cardiac_clip")
-    if kind not in KINDS:
-        raise ValueError(f"benchmark method {name!r}: unknown kind {kind!r} (one of {KINDS})")
+    kind = method_kind(name, method)
     settings = method_settings(method, base)
     test = split[split["role"] == "test"]
     train = split[split["role"] == "train"]

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from cardiac_pipeline.echo.clipstore import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +134,9 @@ def _save(path: Path, key: str, table: pd.DataFrame) -> None:
         values = table[column].to_numpy()
         arrays[f"column_{i}"] = values.astype(str) if values.dtype == object else values
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                key=np.array(key),
-                columns=np.array([str(c) for c in table.columns]),
-                **arrays,
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    columns = np.array([str(c) for c in table.columns])
+    atomic_write(
+        path,
+        lambda handle: np.savez(handle, key=np.array(key), columns=columns, **arrays),
+        fsync=False,
+    )
