@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import Dataset
+
+from cardiac_pipeline.echo.clipstore import atomic_write
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 ComputeFn = Callable[[list[str]], tuple[np.ndarray, Sequence[str]]]
@@ -180,23 +180,18 @@ class EmbeddingCache:
             raise ValueError("file_names contain duplicates")
         path = self.path(model_id, clip_params)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    format=np.array(CACHE_FORMAT),
-                    key=np.array(_canonical(model_id, clip_params)),
-                    embeddings=embeddings,
-                    file_names=np.array(names, dtype=str),
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        key = np.array(_canonical(model_id, clip_params))
+        atomic_write(
+            path,
+            lambda handle: np.savez(
+                handle,
+                format=np.array(CACHE_FORMAT),
+                key=key,
+                embeddings=embeddings,
+                file_names=np.array(names, dtype=str),
+            ),
+            fsync=True,
+        )
         return path
 
     def get_or_compute(
