@@ -50,3 +50,23 @@ def test_a_bad_method_names_itself_and_the_problem(method: dict, message: str) -
 def test_a_grid_method_without_a_definition_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"\['linear_prob'\] are not defined"):
         check_methods({"linear_probe": {"kind": "linear_probe"}}, ["linear_prob"], BASE)
+
+
+def test_recipe_layers_apply_in_order_and_keep_what_they_do_not_name() -> None:
+    from cardiac_pipeline.model.benchmark import layered_recipe
+
+    grid = {"training": {"epochs": 2, "max_batches_per_epoch": 64}}
+    quick = {"training": {"max_batches_per_epoch": 32}, "evaluation": {"n_clips": 2}}
+    recipe = layered_recipe(BASE, [("benchmark.recipe", grid), ("variant.recipe", quick)])
+    assert recipe["training"] == {"epochs": 2, "max_batches_per_epoch": 32}
+    assert recipe["evaluation"] == {"n_clips": 2}
+    assert recipe["clips"] == BASE["clips"]
+    assert BASE["training"] == {"epochs": 1}  # the base is not modified
+    assert layered_recipe(BASE, [("benchmark.recipe", None)]) == BASE
+
+
+def test_a_recipe_layer_with_an_unknown_section_names_where() -> None:
+    from cardiac_pipeline.model.benchmark import layered_recipe
+
+    with pytest.raises(ValueError, match=r"benchmark\.variants\.quick\.recipe.*'trainig'"):
+        layered_recipe(BASE, [("benchmark.variants.quick.recipe", {"trainig": {"epochs": 1}})])

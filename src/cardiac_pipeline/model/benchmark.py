@@ -46,6 +46,21 @@ def method_settings(method: dict[str, Any], base: dict[str, Any]) -> dict[str, A
     return {key: _merge(base[key], method.get(key)) for key in SECTIONS}
 
 
+def layered_recipe(
+    base: dict[str, Any], layers: list[tuple[str, dict[str, Any] | None]]
+) -> dict[str, Any]:
+    """``base`` with each ``(where, overrides)`` layer merged over it in turn.
+
+    The benchmark's base is the fewshot recipe, then ``benchmark.recipe`` (CPU budget for a
+    grid of many runs), then the variant's ``recipe`` (the quick variant's shorter
+    adaptation). A key outside the recipe sections is an error naming ``where``.
+    """
+    for where, layer in layers:
+        check_keys(where, layer, SECTIONS)
+        base = method_settings(layer or {}, base)
+    return base
+
+
 def method_kind(name: str, method: dict[str, Any]) -> str:
     """The method's ``kind`` (default ``cardiac_clip``); an unknown one is an error."""
     kind = method.get("kind", "cardiac_clip")

@@ -18,7 +18,7 @@ from cardiac_pipeline.echo.metrics import (
     split_baselines,
     summarise_over_seeds,
 )
-from cardiac_pipeline.model.benchmark import SECTIONS, check_methods, method_settings, run_method
+from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
@@ -28,7 +28,7 @@ METRICS = ["mae", "rmse", "r2", "auroc_ef_lt_50"]
 
 
 BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods")
-GRID_KEYS = ("shots", "seeds", "val_size", "methods")
+GRID_KEYS = ("shots", "seeds", "val_size", "methods", "recipe")
 
 
 def _variant(benchmark: dict[str, Any]) -> dict[str, Any]:
@@ -70,12 +70,11 @@ def run_benchmark(
     """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed.
 
     The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a
-    grid of many runs), is the base that every method's own overrides start from.
+    grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
+    shorter adaptation), is the base that every method's own overrides start from.
     """
     grid = _variant(benchmark)
-    check_keys("benchmark.recipe", benchmark.get("recipe"), SECTIONS)
-    base = method_settings(
-        benchmark.get("recipe") or {},
+    base = layered_recipe(
         {
             "backbone": backbone,
             "cardiac_clip": cardiac_clip,
@@ -83,6 +82,10 @@ def run_benchmark(
             "training": training,
             "evaluation": evaluation,
         },
+        [
+            ("benchmark.recipe", benchmark.get("recipe")),
+            (f"benchmark.variants.{benchmark.get('variant', 'full')}.recipe", grid.get("recipe")),
+        ],
     )
     check_methods(benchmark["methods"], list(grid["methods"]), base)
     rows = []

@@ -1,6 +1,8 @@
 """``kedro run --pipeline benchmark``: zero-shot, linear probe, CardiacCLIP and its ablations,
-and an EchoNet-style regressor on identical k-shot splits (``--params=benchmark.variant=quick``
-for the short version)."""
+and an EchoNet-style regressor on identical k-shot splits.
+
+``kedro run --config conf/runs/benchmark_quick.yml`` runs the short version (quick grid,
+lighter pretraining)."""
 
 from kedro.pipeline import Node, Pipeline
 

@@ -3,11 +3,16 @@
 Saving a ``PretrainRequest`` trains only when the checkpoint at ``filepath`` is missing or
 was made with another config (its ``meta.config_hash``), so ``kedro run`` does not pretrain
 again. The file is plain (not versioned) so that ``backbone.pretrained`` can name it.
+With ``archive_dir``, every checkpoint is also kept there as ``<config_hash>.pt``: going
+back to a config pretrained before (the quick benchmark's lighter pretraining, then the
+default again) copies its checkpoint back instead of pretraining again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +38,20 @@ class PretrainRequest:
 class PretrainedBackboneDataset(AbstractDataset[PretrainRequest, Path]):
     """``{"arch", "state_dict", "meta"}`` at ``filepath``; loads as the file's path."""
 
-    def __init__(self, filepath: str) -> None:
+    def __init__(self, filepath: str, archive_dir: str | None = None) -> None:
         self._filepath = Path(filepath)
+        self._archive = Path(archive_dir) if archive_dir else None
+
+    def _archived(self, config_hash: str) -> Path | None:
+        return self._archive / f"{config_hash}.pt" if self._archive else None
+
+    def _archive_current(self, meta: dict[str, Any] | None) -> None:
+        """Keep the checkpoint about to be replaced if the archive lacks it (made before
+        archiving existed, or its copy deleted)."""
+        key = (meta or {}).get("config_hash")
+        target = self._archived(str(key)) if key else None
+        if target is not None and not target.is_file():
+            _copy_atomic(self._filepath, target)
 
     def save(self, data: PretrainRequest) -> None:
         import mlflow
@@ -51,6 +68,19 @@ class PretrainedBackboneDataset(AbstractDataset[PretrainRequest, Path]):
         if meta is not None and meta.get("config_hash") == wanted:
             logger.info("Pretrained backbone %s is up to date; not pretraining", self._filepath)
             return
+        self._archive_current(meta)
+        archived = self._archived(wanted)
+        if (
+            archived is not None
+            and (read_checkpoint_meta(archived) or {}).get("config_hash") == wanted
+        ):
+            _copy_atomic(archived, self._filepath)
+            logger.info(
+                "Pretrained backbone %s: this config was pretrained before; restored from %s",
+                self._filepath,
+                archived,
+            )
+            return
         logger.info("Pretraining %s into %s", data.arch, self._filepath)
         model, history = data.run()
         meta = {
@@ -59,7 +89,9 @@ class PretrainedBackboneDataset(AbstractDataset[PretrainRequest, Path]):
             "history": history.to_dict("list"),
             **data.extra_meta,
         }
-        save_pretrained_checkpoint(model, data.arch, self._filepath, meta)
+        save_pretrained_checkpoint(model, data.arch, archived or self._filepath, meta)
+        if archived is not None:
+            _copy_atomic(archived, self._filepath)
         if mlflow.active_run() is not None:
             mlflow.log_params(flatten_params({"pretrain": data.config}))
             for row in history.to_dict("records"):
@@ -81,4 +113,14 @@ class PretrainedBackboneDataset(AbstractDataset[PretrainRequest, Path]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": str(self._filepath), "archive_dir": str(self._archive)}
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy through a temporary file and a rename: a reader never sees half a checkpoint."""
+    from cardiac_pipeline.echo.clipstore import atomic_write
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as handle:
+        atomic_write(target, lambda out: shutil.copyfileobj(handle, out), fsync=False)
+    os.chmod(target, 0o644)  # a model file is for everyone (mkstemp makes it owner-only)

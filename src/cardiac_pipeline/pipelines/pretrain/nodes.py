@@ -34,6 +34,9 @@ TRAINING_KEYS = (
     "warmup_epochs",
     "lr_schedule",
 )
+# Spelt out in conf/base at these values, they are left out of the config hash: the
+# checkpoints pretrained before the keys existed stay current.
+NEUTRAL_DEFAULTS = {"warmup_epochs": 0.0, "lr_schedule": "constant"}
 
 
 def request_pretrain_corpus(pretrain: dict[str, Any]) -> SyntheticRequest:
@@ -111,7 +114,7 @@ def request_pretraining(
         "corpus": pretrain["corpus"],
         "size": int(preprocessing["size"]),
         "pairs": len(table),
-        **training,
+        **{k: v for k, v in training.items() if NEUTRAL_DEFAULTS.get(k, object()) != v},
     }
     run = partial(
         _run_pretraining,
