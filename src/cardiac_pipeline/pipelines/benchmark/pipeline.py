@@ -1,8 +1,7 @@
 """``kedro run --pipeline benchmark``: zero-shot, linear probe, CardiacCLIP and its ablations,
 and an EchoNet-style regressor on identical k-shot splits.
 
-``kedro run --config conf/runs/benchmark_quick.yml`` runs the short version (quick grid,
-lighter pretraining)."""
+``--params=benchmark.variant=quick`` runs the short version."""
 
 from kedro.pipeline import Node, Pipeline
 
