@@ -4,8 +4,8 @@ Saving a ``PretrainRequest`` trains only when the checkpoint at ``filepath`` is 
 was made with another config (its ``meta.config_hash``), so ``kedro run`` does not pretrain
 again. The file is plain (not versioned) so that ``backbone.pretrained`` can name it.
 With ``archive_dir``, every checkpoint is also kept there as ``<config_hash>.pt``: going
-back to a config pretrained before (the quick benchmark's lighter pretraining, then the
-default again) copies its checkpoint back instead of pretraining again.
+back to a config pretrained before (after trying other pretraining settings, the defaults
+again) copies its checkpoint back instead of pretraining again.
 """
 
 from __future__ import annotations
