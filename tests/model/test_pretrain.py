@@ -162,3 +162,27 @@ def test_backbone_pretrained_pretrain_resolves_to_the_checkpoint_and_its_arch(
     torch.save({"state_dict": {}}, not_ours)
     with pytest.raises(ValueError, match="not a pretrained checkpoint"):
         with_pretrained({"name": ARCH, "pretrained": "pretrain"}, str(not_ours))
+
+
+def test_a_checkpoint_rewritten_unchanged_has_the_same_bytes(tmp_path: Path) -> None:
+    """Run keys hash the checkpoint file: the same weights must give the same file."""
+    import os
+
+    from cardiac_pipeline.model.recipe import weights_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    first, second = tmp_path / "a.pt", tmp_path / "b" / "pretrained_backbone.pt"
+    save_pretrained_checkpoint(model, ARCH, first, {"config_hash": "x"})
+    save_pretrained_checkpoint(model, ARCH, second, {"config_hash": "x"})
+    assert first.read_bytes() == second.read_bytes()
+    fingerprint = weights_fingerprint({"backbone": {"pretrained": str(first)}})
+    assert fingerprint == weights_fingerprint({"backbone": {"pretrained": str(second)}})
+    with torch.no_grad():
+        model.bias.add_(1.0)
+    save_pretrained_checkpoint(model, ARCH, second, {"config_hash": "x"})
+    assert weights_fingerprint({"backbone": {"pretrained": str(second)}}) != fingerprint
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would: not owner-only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b"]  # no temp file left

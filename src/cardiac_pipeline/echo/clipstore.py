@@ -138,8 +138,21 @@ def _check_file_name(file_name: str) -> None:
         raise ClipStoreError(f"{file_name!r}: not usable as a store file name")
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()  # what open() would give; mkstemp makes files owner-only
+
+
 def atomic_write(path: Path, write, *, fsync: bool) -> None:
-    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename."""
+    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename.
+
+    The file gets the permissions a plain ``open()`` would give it (others may read a
+    model or a cache, as with any file the user writes).
+    """
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -147,6 +160,7 @@ def atomic_write(path: Path, write, *, fsync: bool) -> None:
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

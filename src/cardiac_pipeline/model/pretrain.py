@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts, sample_clip
-from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
 from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts
 
@@ -297,20 +296,15 @@ def save_pretrained_checkpoint(
     """Write ``{"arch", "state_dict", "meta"}`` atomically; ``create_backbone(arch, path)`` loads it.
 
     ``meta`` must hold only plain values (str, numbers, lists, dicts) so the file stays
-    readable with ``torch.load(weights_only=True)``.
+    readable with ``torch.load(weights_only=True)``. The same weights and meta give the
+    same bytes (saved through a file object, the archive inside is not named after a temp
+    file), so the run keys that hash this file do not change when it is rewritten unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"arch": arch, "state_dict": state_dict, "meta": dict(meta)}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is for everyone
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    checkpoint = {"arch": arch, "state_dict": state_dict, "meta": dict(meta)}
+    atomic_write(path, lambda handle: torch.save(checkpoint, handle), fsync=False)
     return path
 
 

@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from cardiac_pipeline.echo.clipstore import atomic_write
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 
 logger = logging.getLogger(__name__)
@@ -250,14 +251,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _atomic_save(obj: Mapping[str, Any], path: Path) -> None:
-    """Write next to the target then rename, so a crash never leaves a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through ``atomic_write``: a crash never leaves a half file."""
+    atomic_write(Path(path), lambda handle: torch.save(obj, handle), fsync=False)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

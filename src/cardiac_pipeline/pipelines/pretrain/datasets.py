@@ -11,7 +11,6 @@ again) copies its checkpoint back instead of pretraining again.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -123,4 +122,3 @@ def _copy_atomic(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(source, "rb") as handle:
         atomic_write(target, lambda out: shutil.copyfileobj(handle, out), fsync=False)
-    os.chmod(target, 0o644)  # a model file is for everyone (mkstemp makes it owner-only)
