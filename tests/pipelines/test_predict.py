@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -124,11 +125,15 @@ def test_resolves_path_folder_and_mlflow_run(
     copy.write_bytes(checkpoint_file.read_bytes())
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifact(str(copy), artifact_path=MLFLOW_CHECKPOINT_ARTIFACT.split("/")[0])
+    scratch = tmp_path / "scratch"  # the temp dir of this test: the download leaves nothing
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     for ref in (run.info.run_id, f"runs:/{run.info.run_id}"):
         loaded, source = resolve_checkpoint(ref)
         assert source == f"runs:/{run.info.run_id}/{MLFLOW_CHECKPOINT_ARTIFACT}"
         for key, value in checkpoint["state_dict"].items():
             assert torch.equal(loaded["state_dict"][key], value)
+    assert not list(scratch.rglob("*.pt"))
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve_checkpoint(str(tmp_path / "nope.pt"))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -141,13 +142,15 @@ def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
         )
     import mlflow
 
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as exc:  # MlflowException and store errors alike
-        raise FileNotFoundError(f"{uri}: cannot fetch the model from MLflow ({exc})") from exc
-    if local.is_dir():
-        local = next(iter(sorted(local.rglob("*.pt"))), local / "cardiac_clip.pt")
-    return recipe.load_checkpoint(local), uri
+    # into a folder removed after reading: without dst_path MLflow leaves a copy in /tmp
+    with tempfile.TemporaryDirectory(prefix="cardiac-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as exc:  # MlflowException and store errors alike
+            raise FileNotFoundError(f"{uri}: cannot fetch the model from MLflow ({exc})") from exc
+        if local.is_dir():
+            local = next(iter(sorted(local.rglob("*.pt"))), local / "cardiac_clip.pt")
+        return recipe.load_checkpoint(local), uri
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:
