@@ -31,22 +31,22 @@ BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods")
 GRID_KEYS = ("shots", "seeds", "val_size", "methods", "recipe")
 
 
-def _variant(benchmark: dict[str, Any]) -> dict[str, Any]:
-    """The chosen variant's grid (``benchmark.variant``: full or quick)."""
+def _variant(benchmark: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The chosen variant's name and grid (``benchmark.variant``: full or quick)."""
     check_keys("benchmark", benchmark, BENCHMARK_KEYS)
     name = benchmark.get("variant", "full")
     if name not in benchmark["variants"]:
         raise ValueError(f"benchmark.variant {name!r} not in {sorted(benchmark['variants'])}")
     grid = benchmark["variants"][name]
     check_keys(f"benchmark.variants.{name}", grid, GRID_KEYS)
-    return grid
+    return name, grid
 
 
 def make_benchmark_splits(
     video_index: pd.DataFrame, benchmark: dict[str, Any]
 ) -> dict[str, pd.DataFrame]:
     """One k-shot split per (k, seed) of the variant, shared by every method."""
-    grid = _variant(benchmark)
+    _, grid = _variant(benchmark)
     return {
         f"k{k}_seed{seed}": k_shot_split(
             video_index, k=int(k), seed=int(seed), val_size=grid.get("val_size"), val_seed=0
@@ -73,7 +73,7 @@ def run_benchmark(
     grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
     shorter adaptation), is the base that every method's own overrides start from.
     """
-    grid = _variant(benchmark)
+    variant, grid = _variant(benchmark)
     base = layered_recipe(
         {
             "backbone": backbone,
@@ -84,7 +84,7 @@ def run_benchmark(
         },
         [
             ("benchmark.recipe", benchmark.get("recipe")),
-            (f"benchmark.variants.{benchmark.get('variant', 'full')}.recipe", grid.get("recipe")),
+            (f"benchmark.variants.{variant}.recipe", grid.get("recipe")),
         ],
     )
     check_methods(benchmark["methods"], list(grid["methods"]), base)

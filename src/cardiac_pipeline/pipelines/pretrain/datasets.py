@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
+from cardiac_pipeline.echo.clipstore import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -117,8 +119,6 @@ class PretrainedBackboneDataset(AbstractDataset[PretrainRequest, Path]):
 
 def _copy_atomic(source: Path, target: Path) -> None:
     """Copy through a temporary file and a rename: a reader never sees half a checkpoint."""
-    from cardiac_pipeline.echo.clipstore import atomic_write
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(source, "rb") as handle:
         atomic_write(target, lambda out: shutil.copyfileobj(handle, out), fsync=False)
