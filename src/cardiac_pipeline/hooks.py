@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 from kedro.framework.hooks import hook_impl
 
-from cardiac_pipeline.tracking import flatten_params
+from cardiac_pipeline.tracking import clear_parent_run, export_parent_run, flatten_params
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class MlflowTrackingHook:
             mlflow.end_run()
         name = "+".join(run_params.get("pipeline_names") or ["__default__"])
         mlflow.start_run(run_name=name)
+        export_parent_run()  # nodes in worker processes and threads nest under this run
         self._started = True
         mlflow.set_tags(
             {
@@ -113,4 +114,5 @@ class MlflowTrackingHook:
         if self._started:
             while mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
+            clear_parent_run()
             self._started = False

@@ -3,8 +3,10 @@
 from kedro.config import OmegaConfigLoader
 
 from cardiac_pipeline.hooks import MlflowTrackingHook
+from cardiac_pipeline.pipeline_registry import ProjectParametersHook
 
-HOOKS = (MlflowTrackingHook(),)
+# ProjectParametersHook: the pipelines are built from the run's parameters (the grid)
+HOOKS = (MlflowTrackingHook(), ProjectParametersHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

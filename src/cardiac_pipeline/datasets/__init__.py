@@ -1,7 +1,7 @@
 """Custom Kedro datasets: EchoNet folders, clip stores, versioned folders of artifacts."""
 
-from cardiac_pipeline.datasets.clip_store import ClipStoreDataset, ClipStoreRequest
-from cardiac_pipeline.datasets.echonet_folder import EchoNetFolderDataset, SyntheticRequest
+from cardiac_pipeline.datasets.clip_store import ClipStoreDataset, FolderDataset
+from cardiac_pipeline.datasets.echonet_folder import EchoNetFolderDataset
 from cardiac_pipeline.datasets.partitioned import (
     VersionedCheckpointFolderDataset,
     VersionedCSVFolderDataset,
@@ -9,9 +9,8 @@ from cardiac_pipeline.datasets.partitioned import (
 
 __all__ = [
     "ClipStoreDataset",
-    "ClipStoreRequest",
     "EchoNetFolderDataset",
-    "SyntheticRequest",
+    "FolderDataset",
     "VersionedCSVFolderDataset",
     "VersionedCheckpointFolderDataset",
 ]

@@ -1,57 +1,41 @@
-"""The clip store as a Kedro dataset.
+"""The clip store as Kedro datasets: a folder of stores and the pointer to the current one.
 
-Each (dataset, preprocessing parameters) pair gets its own immutable store folder, named
-by a content key (``echo.clipstore.store_key``): that is how the store is versioned.
-Re-running with unchanged inputs reuses finished entries, and pointing ``echonet_root``
-at another dataset never mixes the two. ``current.json`` records which store the last
-run built, so downstream nodes load that one.
+Each (dataset, preprocessing parameters) pair gets its own immutable store folder under
+``path``, named by a content key (``echo.clipstore.store_key``): that is how the store is
+versioned. The preprocessing node decodes into ``<path>/<key>`` (resumable: finished
+entries are kept, see ``echo.clipstore``); saving the resulting ``ClipStore`` here only
+records it in ``current.json``, so downstream nodes load that one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store, store_key
+from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
+
+POINTER = "current.json"
 
 
-@dataclass
-class ClipStoreRequest:
-    """Videos to cache and how: the node's output, built by the dataset's save."""
-
-    index: pd.DataFrame
-    echonet_root: str
-    size: int = 112
-    workers: int = 2
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-class ClipStoreDataset(AbstractDataset[ClipStoreRequest, ClipStore]):
-    """Folder of per-dataset clip stores under ``path``."""
+class ClipStoreDataset(AbstractDataset[ClipStore, ClipStore]):
+    """Folder of per-dataset clip stores under ``path``; loads the current one."""
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
 
-    def save(self, data: ClipStoreRequest) -> None:
-        key = store_key(data.echonet_root, {"size": data.size, **data.options})
-        root = self._path / key
-        build_clip_store(data.index, root, size=data.size, workers=data.workers, **data.options)
-        pointer = {"key": key, "echonet_root": str(data.echonet_root), "size": data.size}
+    def save(self, data: ClipStore) -> None:
+        root = Path(data.root)
+        if root.resolve().parent != self._path.resolve():
+            raise DatasetError(f"{root}: a clip store saved here must be a folder of {self._path}")
+        payload = json.dumps({"key": root.name}, indent=2).encode()
         self._path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._path, prefix=".current.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(pointer, f, indent=2)
-        os.replace(tmp, self._path / "current.json")
+        atomic_write(self._path / POINTER, lambda handle: handle.write(payload), fsync=True)
 
     def load(self) -> ClipStore:
-        pointer = self._path / "current.json"
+        pointer = self._path / POINTER
         if not pointer.is_file():
             raise DatasetError(
                 f"{pointer}: no clip store built yet; run `kedro run --pipeline preprocessing`"
@@ -60,7 +44,29 @@ class ClipStoreDataset(AbstractDataset[ClipStoreRequest, ClipStore]):
         return ClipStore(self._path / key)
 
     def _exists(self) -> bool:
-        return (self._path / "current.json").is_file()
+        return (self._path / POINTER).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class FolderDataset(AbstractDataset[None, Path]):
+    """A folder a node writes into itself (a clip store's home): loads as its path.
+
+    Loading creates nothing; the node that builds there makes the folder.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+
+    def load(self) -> Path:
+        return self._path
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._path}: a folder dataset is read-only")
+
+    def _exists(self) -> bool:
+        return True
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

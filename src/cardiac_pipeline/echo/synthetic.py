@@ -439,3 +439,56 @@ def generate_dataset(
     _write_csv_atomic(reports, root / "Reports.csv")
     _write_csv_atomic(filelist, root / "FileList.csv")
     return filelist
+
+
+# a generated folder that knows what made it --------------------------------------------
+
+MARKER = ".synthetic.json"
+"""Written into every generated folder: the generator version and parameters that made it."""
+
+
+def _stamp(params: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(
+        {"generator_version": GENERATOR_VERSION, "params": dict(params)},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def is_current(root: str | os.PathLike, params: Mapping[str, Any]) -> bool:
+    """``root`` holds a dataset this generator made with these parameters."""
+    root = Path(root)
+    marker = root / MARKER
+    return (
+        marker.is_file()
+        and (root / "FileList.csv").is_file()
+        and marker.read_text() == _stamp(params)
+    )
+
+
+def made_elsewhere(root: str | os.PathLike) -> bool:
+    """``root`` holds files the project did not generate (a real dataset): never replace it."""
+    root = Path(root)
+    return root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file()
+
+
+def stage_dataset(root: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+    """Generate into a new hidden folder beside ``root``; returns it, marker written last.
+
+    The caller renames it onto ``root`` (the catalog's dataset does), so a reader never
+    sees half a dataset; a failed generation leaves nothing behind.
+    """
+    import shutil
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        generate_dataset(staged, **params)
+        (staged / MARKER).write_text(_stamp(params))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged

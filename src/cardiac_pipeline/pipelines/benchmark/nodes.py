@@ -1,4 +1,5 @@
-"""Nodes of the benchmark pipeline: every method on identical k-shot splits."""
+"""Nodes of the benchmark pipeline: every method on identical k-shot splits, one node per
+(method, k, seed) model (a zero-shot model, which sees no labels, is one node for all)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from cardiac_pipeline.echo.metrics import (
 )
 from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
 from cardiac_pipeline.params import check_keys
-from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
+from cardiac_pipeline.pipelines.workers import share_cores
+from cardiac_pipeline.tracking import flatten_params, log_metrics, model_run
 
 logger = logging.getLogger(__name__)
 
@@ -42,39 +44,97 @@ def _variant(benchmark: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, grid
 
 
-def make_benchmark_splits(
-    video_index: pd.DataFrame, benchmark: dict[str, Any]
-) -> dict[str, pd.DataFrame]:
-    """One k-shot split per (k, seed) of the variant, shared by every method."""
+def split_names(benchmark: dict[str, Any]) -> list[str]:
+    """``k<k>_seed<seed>`` of every split of the chosen variant."""
     _, grid = _variant(benchmark)
-    return {
-        f"k{k}_seed{seed}": k_shot_split(
-            video_index, k=int(k), seed=int(seed), val_size=grid.get("val_size"), val_seed=0
+    return [f"k{k}_seed{seed}" for k in grid["shots"] for seed in grid["seeds"]]
+
+
+def variant_methods(benchmark: dict[str, Any]) -> list[str]:
+    """The methods the chosen variant runs, in its order."""
+    return list(_variant(benchmark)[1]["methods"])
+
+
+def _check_built(benchmark: dict[str, Any], splits: list[str], methods: list[str]) -> None:
+    """Fail when the run's parameters ask for other splits or methods than the pipeline holds."""
+    wanted = (split_names(benchmark), variant_methods(benchmark))
+    if (sorted(wanted[0]), sorted(wanted[1])) != (sorted(splits), sorted(methods)):
+        raise ValueError(
+            f"parameters 'benchmark': the run asks for splits {wanted[0]} and methods "
+            f"{wanted[1]} but the pipeline was built for {splits} and {methods}; set the "
+            "variant and its grid in conf/ or in a run file (kedro run --config ...)"
         )
-        for k in grid["shots"]
-        for seed in grid["seeds"]
-    }
 
 
-def run_benchmark(
+def make_benchmark_split(
+    video_index: pd.DataFrame,
+    benchmark: dict[str, Any],
+    *,
+    k: int,
+    seed: int,
+    splits: list[str],
+    methods: list[str],
+) -> pd.DataFrame:
+    """The k-shot split of one (k, seed), shared by every method."""
+    _check_built(benchmark, splits, methods)
+    _, grid = _variant(benchmark)
+    return k_shot_split(
+        video_index, k=int(k), seed=int(seed), val_size=grid.get("val_size"), val_seed=0
+    )
+
+
+def _base_recipe(benchmark: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for
+    a grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
+    shorter adaptation): the base every method's own overrides start from."""
+    variant, grid = _variant(benchmark)
+    base = layered_recipe(
+        sections,
+        [
+            ("benchmark.recipe", benchmark.get("recipe")),
+            (f"benchmark.variants.{variant}.recipe", grid.get("recipe")),
+        ],
+    )
+    check_methods(benchmark["methods"], list(grid["methods"]), base)
+    return base
+
+
+def _metrics_row(
+    name: str, k: int | None, seed: int | None, predictions: pd.DataFrame, seconds: float
+) -> pd.DataFrame:
+    metrics = ef_metrics(predictions["EF_true"], predictions["EF_pred"])
+    log_metrics({**{f"test_{m}": v for m, v in metrics.items()}, "seconds": seconds})
+    return pd.DataFrame(
+        [
+            {
+                "method": name,
+                "k": k,
+                "seed": seed,
+                "seconds": seconds,
+                **{m: metrics[m] for m in METRICS},
+            }
+        ]
+    )
+
+
+def run_benchmark_method(
     clip_store: ClipStore,
-    benchmark_splits: dict[str, pd.DataFrame],
-    pretrained_backbone: str,
+    benchmark_split: pd.DataFrame,
     benchmark: dict[str, Any],
     backbone: dict[str, Any],
     cardiac_clip: dict[str, Any],
     clips: dict[str, Any],
     training: dict[str, Any],
     evaluation: dict[str, Any],
+    pretrained_backbone: str | None = None,
+    *,
+    method: str,
 ) -> pd.DataFrame:
-    """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed.
-
-    The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a
-    grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
-    shorter adaptation), is the base that every method's own overrides start from.
-    """
-    variant, grid = _variant(benchmark)
-    base = layered_recipe(
+    """Train (or fit) one method on one split and test it: its metrics row, and an MLflow
+    run tagged method, k, seed under the pipeline's run."""
+    share_cores()
+    base = _base_recipe(
+        benchmark,
         {
             "backbone": backbone,
             "cardiac_clip": cardiac_clip,
@@ -82,58 +142,105 @@ def run_benchmark(
             "training": training,
             "evaluation": evaluation,
         },
-        [
-            ("benchmark.recipe", benchmark.get("recipe")),
-            (f"benchmark.variants.{variant}.recipe", grid.get("recipe")),
-        ],
     )
-    check_methods(benchmark["methods"], list(grid["methods"]), base)
-    rows = []
-    zero_shot_cache: dict[str, pd.DataFrame] = {}
-    for split_name, split in benchmark_splits.items():
-        k, seed = int(split["k"].iloc[0]), int(split["seed"].iloc[0])
-        test = split[split["role"] == "test"]
-        for baseline, values in split_baselines(split, test["EF"]).items():
-            rows.append(
-                {"method": baseline, "k": k, "seed": seed, **{m: values[m] for m in METRICS}}
-            )
-        for name in grid["methods"]:
-            method = benchmark["methods"][name]
-            tags = {"method": name, "k": k, "seed": seed, "pipeline": "benchmark"}
-            with child_run(f"{name}-{split_name}", tags) as run_id:
-                started = time.perf_counter()
-                if method.get("kind") == "zero_shot" and name in zero_shot_cache:
-                    predictions = zero_shot_cache[name]  # uses no labels: same for every split
-                else:
-                    predictions = run_method(
-                        name,
-                        method,
-                        clip_store,
-                        split,
-                        base=base,
-                        pretrained_backbone=pretrained_backbone,
-                        cache_dir=benchmark["work_dir"],
-                    )
-                    if method.get("kind") == "zero_shot":
-                        zero_shot_cache[name] = predictions
-                metrics = ef_metrics(predictions["EF_true"], predictions["EF_pred"])
-                seconds = time.perf_counter() - started
-                if run_id:
-                    import mlflow
+    k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
+    settings = benchmark["methods"][method]
+    tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
+    with model_run(f"{method}-k{k}_seed{seed}", tags) as run_id:
+        started = time.perf_counter()
+        predictions = run_method(
+            method,
+            settings,
+            clip_store,
+            benchmark_split,
+            base=base,
+            pretrained_backbone=pretrained_backbone,
+            cache_dir=benchmark["work_dir"],
+        )
+        if run_id:
+            import mlflow
 
-                    mlflow.log_params(flatten_params({"method": method, "k": k, "seed": seed}))
-                log_metrics({**{f"test_{m}": v for m, v in metrics.items()}, "seconds": seconds})
-            logger.info("%s %s: MAE %.2f (%.0f s)", name, split_name, metrics["mae"], seconds)
-            rows.append(
-                {
-                    "method": name,
-                    "k": k,
-                    "seed": seed,
-                    "seconds": seconds,
-                    **{m: metrics[m] for m in METRICS},
-                }
-            )
-    return pd.DataFrame(rows)
+            mlflow.log_params(flatten_params({"method": settings, "k": k, "seed": seed}))
+        row = _metrics_row(method, k, seed, predictions, time.perf_counter() - started)
+    logger.info(
+        "%s k%s_seed%s: MAE %.2f (%.0f s)",
+        method,
+        k,
+        seed,
+        row["mae"].iloc[0],
+        row["seconds"].iloc[0],
+    )
+    return row
+
+
+def predict_zero_shot(
+    clip_store: ClipStore,
+    video_index: pd.DataFrame,
+    benchmark: dict[str, Any],
+    backbone: dict[str, Any],
+    cardiac_clip: dict[str, Any],
+    clips: dict[str, Any],
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+    pretrained_backbone: str | None = None,
+    *,
+    method: str,
+) -> pd.DataFrame:
+    """A zero-shot method's TEST predictions: one model, no labels, so one node for every split."""
+    share_cores()
+    base = _base_recipe(
+        benchmark,
+        {
+            "backbone": backbone,
+            "cardiac_clip": cardiac_clip,
+            "clips": clips,
+            "training": training,
+            "evaluation": evaluation,
+        },
+    )
+    test = video_index[video_index["Split"] == "TEST"].assign(role="test")
+    started = time.perf_counter()
+    predictions = run_method(
+        method,
+        benchmark["methods"][method],
+        clip_store,
+        test,
+        base=base,
+        pretrained_backbone=pretrained_backbone,
+        cache_dir=benchmark["work_dir"],
+    )
+    return predictions.assign(seconds=time.perf_counter() - started)
+
+
+def score_zero_shot(
+    benchmark_split: pd.DataFrame, zero_shot_predictions: pd.DataFrame, *, method: str
+) -> pd.DataFrame:
+    """The zero-shot predictions scored on this split's TEST videos (its metrics row)."""
+    k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
+    test = benchmark_split.loc[benchmark_split["role"] == "test", "FileName"]
+    predictions = zero_shot_predictions[zero_shot_predictions["FileName"].isin(test)]
+    tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
+    with model_run(f"{method}-k{k}_seed{seed}", tags):
+        return _metrics_row(
+            method, k, seed, predictions, float(zero_shot_predictions["seconds"].iloc[0])
+        )
+
+
+def score_constant_predictors(benchmark_split: pd.DataFrame) -> pd.DataFrame:
+    """The constant predictors' rows (training mean, VAL median) on this split."""
+    k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
+    test = benchmark_split[benchmark_split["role"] == "test"]
+    return pd.DataFrame(
+        [
+            {"method": baseline, "k": k, "seed": seed, **{m: values[m] for m in METRICS}}
+            for baseline, values in split_baselines(benchmark_split, test["EF"]).items()
+        ]
+    )
+
+
+def combine_benchmark_metrics(*rows: pd.DataFrame) -> pd.DataFrame:
+    """Every (method, k, seed) row in one table."""
+    return pd.concat(rows, ignore_index=True)
 
 
 def summarise_benchmark(benchmark_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:

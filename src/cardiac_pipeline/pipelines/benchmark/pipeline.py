@@ -1,39 +1,123 @@
 """``kedro run --pipeline benchmark``: zero-shot, linear probe, CardiacCLIP and its ablations,
 and an EchoNet-style regressor on identical k-shot splits.
 
-``--params=benchmark.variant=quick`` runs the short version."""
+One namespaced pipeline per split, ``benchmark.k1_seed0`` and so on: its split, one node
+per method (``benchmark.k1_seed0.cardiac_clip`` trains and tests that model), and the
+constant predictors; a zero-shot method is one node (``benchmark.zero_shot``) scored on
+every split. ``--params=benchmark.variant=quick`` runs the short version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from cardiac_pipeline.pipelines import ingestion, preprocessing, pretrain, synthetic
+from cardiac_pipeline.model.benchmark import method_kind
+from cardiac_pipeline.pipelines.data import data_pipeline
+from cardiac_pipeline.pipelines.fewshot.pipeline import _across_namespaces, _bound
 
-from .nodes import make_benchmark_splits, run_benchmark, summarise_benchmark
+from .nodes import (
+    combine_benchmark_metrics,
+    make_benchmark_split,
+    predict_zero_shot,
+    run_benchmark_method,
+    score_constant_predictors,
+    score_zero_shot,
+    split_names,
+    summarise_benchmark,
+    variant_methods,
+)
+
+NAMESPACE = "benchmark"
+PRETRAINED_KINDS = ("zero_shot", "linear_probe")  # as model.benchmark.run_method
+RECIPE = [f"params:{s}" for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")]
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    method = Pipeline(
+def _split_pipeline(
+    name: str, splits: list[str], methods: list[str], kinds: dict[str, str], pretraining: bool
+) -> Pipeline:
+    k, seed = name[1:].split("_seed")
+    backbone = ["pretrained_backbone"] if pretraining else []
+    nodes = [
+        Node(
+            _bound(make_benchmark_split, k=int(k), seed=int(seed), splits=splits, methods=methods),
+            inputs=["video_index", "params:benchmark"],
+            outputs="split",
+            name="sample_split",
+        ),
+        Node(score_constant_predictors, inputs="split", outputs="constants", name="constants"),
+    ]
+    for method in methods:
+        if kinds[method] == "zero_shot":
+            nodes.append(
+                _across_namespaces(
+                    lambda method=method: Node(
+                        _bound(score_zero_shot, method=method),
+                        inputs=["split", f"{NAMESPACE}.{method}.predictions"],
+                        outputs=method,
+                        name=method,
+                    )
+                )
+            )
+        else:
+            nodes.append(
+                Node(
+                    _bound(run_benchmark_method, method=method),
+                    inputs=["clip_store", "split", "params:benchmark", *RECIPE, *backbone],
+                    outputs=method,
+                    name=method,
+                )
+            )
+    pipe = Pipeline(nodes)
+    shared = {"video_index", "clip_store", "pretrained_backbone"}
+    shared |= {f"{NAMESPACE}.{m}.predictions" for m in methods if kinds[m] == "zero_shot"}
+    return Pipeline(
+        pipe,
+        namespace=f"{NAMESPACE}.{name}",
+        inputs=shared & set(pipe.inputs()),
+        parameters={"params:benchmark", *RECIPE},
+    )
+
+
+def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipeline:
+    if parameters is None:
+        from cardiac_pipeline.pipeline_registry import project_parameters
+
+        parameters = project_parameters()
+    benchmark = parameters["benchmark"]
+    splits, methods = split_names(benchmark), variant_methods(benchmark)
+    kinds = {m: method_kind(m, benchmark["methods"].get(m) or {}) for m in methods}
+    # zero-shot, the linear probe and pretrained CardiacCLIP start from the pretrain checkpoint
+    pretraining = any(
+        (benchmark["methods"].get(m) or {}).get("pretrained", kinds[m] in PRETRAINED_KINDS)
+        for m in methods
+    )
+    backbone = ["pretrained_backbone"] if pretraining else []
+    zero_shot = [
+        Node(
+            _bound(predict_zero_shot, method=m),
+            inputs=["clip_store", "video_index", "params:benchmark", *RECIPE, *backbone],
+            outputs="predictions",
+            name="predict",
+            namespace=f"{NAMESPACE}.{m}",
+        )
+        for m in methods
+        if kinds[m] == "zero_shot"
+    ]
+    per_split = sum(
+        (_split_pipeline(s, splits, methods, kinds, pretraining) for s in splits), Pipeline([])
+    )
+    rows = [f"{NAMESPACE}.{s}.{out}" for s in splits for out in ["constants", *methods]]
+    summary = Pipeline(
         [
-            Node(
-                make_benchmark_splits,
-                inputs=["video_index", "params:benchmark"],
-                outputs="benchmark_splits",
-                name="sample_benchmark_splits",
-            ),
-            Node(
-                run_benchmark,
-                inputs=[
-                    "clip_store",
-                    "benchmark_splits",
-                    "pretrained_backbone",
-                    "params:benchmark",
-                    "params:backbone",
-                    "params:cardiac_clip",
-                    "params:clips",
-                    "params:training",
-                    "params:evaluation",
-                ],
-                outputs="benchmark_metrics",
-                name="run_benchmark_methods",
+            _across_namespaces(
+                lambda: Node(
+                    combine_benchmark_metrics,
+                    inputs=rows,
+                    outputs="benchmark_metrics",
+                    name="combine_benchmark_metrics",
+                )
             ),
             Node(
                 summarise_benchmark,
@@ -44,9 +128,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         ]
     )
     return (
-        synthetic.create_pipeline()
-        + ingestion.create_pipeline()
-        + preprocessing.create_pipeline()
-        + pretrain.create_pipeline()
-        + method
+        data_pipeline(parameters, pretraining=pretraining)
+        + Pipeline(zero_shot)
+        + per_split
+        + summary
     )

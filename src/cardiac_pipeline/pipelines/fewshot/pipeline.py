@@ -1,58 +1,111 @@
 """``kedro run --pipeline fewshot``: the whole method on the configured dataset.
 
-synthetic (only when absent) -> ingestion -> preprocessing -> k-shot splits ->
-CardiacCLIP training per (k, seed) -> test evaluation -> summary over seeds. The pretrain
-pipeline runs first (a no-op once its checkpoint is current): with the default
-``backbone.pretrained: pretrain`` CardiacCLIP adapts that source-site CLIP.
+(synthetic, for the default dataset) -> ingestion -> preprocessing -> (pretraining, for
+``backbone.pretrained: pretrain``) -> one namespaced pipeline per model, ``fewshot.k1_seed0``
+and so on (its k-shot split, CardiacCLIP training, test evaluation) -> every model's metrics
+combined and summarised over seeds. Each model is its own node, so ParallelRunner trains
+them side by side and ``--namespaces=fewshot.k1_seed0`` trains one.
 """
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial, update_wrapper
+from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from cardiac_pipeline.pipelines import ingestion, preprocessing, pretrain, synthetic
+from cardiac_pipeline.pipelines.data import data_pipeline, starts_from_pretraining
 
 from .nodes import (
-    evaluate_fewshot_models,
-    make_k_shot_splits,
+    USER_SPLIT,
+    combine_fewshot_metrics,
+    evaluate_fewshot_model,
+    make_k_shot_split,
+    model_names,
+    read_user_split,
     summarise_fewshot,
-    train_fewshot_models,
+    train_fewshot_model,
 )
 
+NAMESPACE = "fewshot"
+SHARED_INPUTS = {"video_index", "clip_store", "pretrained_backbone"}
+RECIPE_PARAMETERS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
 
-def create_pipeline(**kwargs) -> Pipeline:
-    method = Pipeline(
+
+def _across_namespaces(node: Callable[[], Node]) -> Node:
+    """A node reading other namespaces' datasets by their full (dotted) names.
+
+    Kedro warns about dots in dataset names, meant for names written by hand; these are the
+    names its namespacing made.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="One or more dataset names contain")
+        return node()
+
+
+def _bound(func, **kwargs):
+    """``func`` with keyword arguments fixed, keeping its name and docs (kedro viz shows them)."""
+    return update_wrapper(partial(func, **kwargs), func)
+
+
+def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
+    """Split, training and evaluation of one model, in namespace ``fewshot.<name>``."""
+    if name == USER_SPLIT:
+        sample = _bound(read_user_split, built=built)
+    else:
+        k, seed = name[1:].split("_seed")
+        sample = _bound(make_k_shot_split, k=int(k), seed=int(seed), built=built)
+    recipe = [f"params:{section}" for section in RECIPE_PARAMETERS]
+    nodes = Pipeline(
         [
             Node(
-                make_k_shot_splits,
+                sample,
                 inputs=["video_index", "params:fewshot"],
-                outputs="k_shot_splits",
-                name="sample_k_shot_splits",
+                outputs="k_shot_split",
+                name="sample_split",
             ),
             Node(
-                train_fewshot_models,
-                inputs=[
-                    "clip_store",
-                    "k_shot_splits",
-                    "params:backbone",
-                    "params:cardiac_clip",
-                    "params:clips",
-                    "params:training",
-                    "params:evaluation",
-                    "pretrained_backbone",
-                ],
-                outputs="fewshot_models",
-                name="train_cardiac_clip",
+                train_fewshot_model,
+                inputs=["clip_store", "k_shot_split", *recipe]
+                + (["pretrained_backbone"] if pretraining else []),
+                outputs="model",
+                name="train",
             ),
             Node(
-                evaluate_fewshot_models,
-                inputs=[
-                    "clip_store",
-                    "video_index",
-                    "k_shot_splits",
-                    "fewshot_models",
-                    "params:evaluation",
-                ],
-                outputs=["fewshot_predictions", "fewshot_metrics", "fewshot_plots"],
-                name="evaluate_on_test",
+                evaluate_fewshot_model,
+                inputs=["clip_store", "video_index", "k_shot_split", "model", "params:evaluation"],
+                outputs=["predictions", "metrics", "plots"],
+                name="evaluate",
+            ),
+        ]
+    )
+    return Pipeline(
+        nodes,
+        namespace=f"{NAMESPACE}.{name}",
+        inputs=SHARED_INPUTS & set(nodes.inputs()),
+        parameters={"params:fewshot", *recipe},
+    )
+
+
+def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipeline:
+    if parameters is None:
+        from cardiac_pipeline.pipeline_registry import project_parameters
+
+        parameters = project_parameters()
+    names = model_names(parameters["fewshot"])
+    pretraining = starts_from_pretraining(parameters.get("backbone"))
+    models = sum((model_pipeline(name, names, pretraining) for name in names), Pipeline([]))
+    summary = Pipeline(
+        [
+            _across_namespaces(
+                lambda: Node(
+                    combine_fewshot_metrics,
+                    inputs=[f"{NAMESPACE}.{name}.metrics" for name in names],
+                    outputs="fewshot_metrics",
+                    name="combine_metrics",
+                )
             ),
             Node(
                 summarise_fewshot,
@@ -62,10 +115,4 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
-    return (
-        synthetic.create_pipeline()
-        + ingestion.create_pipeline()
-        + preprocessing.create_pipeline()
-        + pretrain.create_pipeline()
-        + method
-    )
+    return data_pipeline(parameters, pretraining=pretraining) + models + summary

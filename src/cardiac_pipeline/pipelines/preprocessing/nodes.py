@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cardiac_pipeline.datasets import ClipStoreRequest
+from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store, store_key
+
+STORE_OPTIONS = ("fit", "grey_tolerance")
 
 
-def request_clip_store(
-    video_index: pd.DataFrame, echonet_root: str, preprocessing: dict[str, Any]
-) -> ClipStoreRequest:
-    """Every usable video, decoded once into the clip store (built by the dataset's save)."""
-    return ClipStoreRequest(
-        index=video_index,
-        echonet_root=echonet_root,
-        size=int(preprocessing["size"]),
-        workers=int(preprocessing.get("workers", 1)),
-        options={k: v for k, v in preprocessing.items() if k in ("fit", "grey_tolerance")},
+def decode_clip_store(
+    video_index: pd.DataFrame,
+    echonet_root: str | Path,
+    preprocessing: dict[str, Any],
+    clip_store_folder: Path,
+) -> ClipStore:
+    """Decode every usable video once into its store under ``clip_store_folder``.
+
+    The store of this dataset and these parameters is ``<folder>/<store_key>``; entries
+    that match their source video are kept, so a rerun (or a resumed interrupted one)
+    decodes only what is missing or changed.
+    """
+    options = {k: v for k, v in preprocessing.items() if k in STORE_OPTIONS}
+    size = int(preprocessing["size"])
+    root = Path(clip_store_folder) / store_key(echonet_root, {"size": size, **options})
+    build_clip_store(
+        video_index, root, size=size, workers=int(preprocessing.get("workers", 1)), **options
     )
+    return ClipStore(root)

@@ -2,15 +2,20 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import request_clip_store
+from .nodes import decode_clip_store
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                request_clip_store,
-                inputs=["video_index", "params:echonet_root", "params:preprocessing"],
+                decode_clip_store,
+                inputs=[
+                    "video_index",
+                    "params:echonet_root",
+                    "params:preprocessing",
+                    "clip_store_folder",
+                ],
                 outputs="clip_store",
                 name="build_clip_store",
             )

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 
-from cardiac_pipeline.datasets import ClipStoreRequest, SyntheticRequest
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
 from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
 from cardiac_pipeline.params import check_keys
-from cardiac_pipeline.tracking import log_metrics
-
-from .datasets import PretrainRequest
+from cardiac_pipeline.pipelines.preprocessing.nodes import decode_clip_store
+from cardiac_pipeline.pipelines.synthetic.nodes import generate_synthetic_folder
+from cardiac_pipeline.tracking import flatten_params, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,13 @@ TRAINING_KEYS = (
 # Spelt out in conf/base at these values, they are left out of the config hash: the
 # checkpoints pretrained before the keys existed stay current.
 NEUTRAL_DEFAULTS = {"warmup_epochs": 0.0, "lr_schedule": "constant"}
+PRETRAIN_KEYS = (*TRAINING_KEYS, "arch", "corpus", "corpus_root", "device", "progress")
 
 
-def request_pretrain_corpus(pretrain: dict[str, Any]) -> SyntheticRequest:
-    """The source-site corpus of video-report pairs (generated once, by the dataset)."""
-    return SyntheticRequest(params=dict(pretrain["corpus"]))
+def generate_pretrain_corpus(pretrain: dict[str, Any]) -> Path:
+    """The source-site corpus of video-report pairs at ``pretrain.corpus_root`` (generated
+    once; regenerated when ``pretrain.corpus`` or the generator changes)."""
+    return generate_synthetic_folder(pretrain["corpus_root"], dict(pretrain["corpus"]))
 
 
 def ingest_pretrain_corpus(
@@ -54,15 +56,15 @@ def ingest_pretrain_corpus(
     return index, rejects
 
 
-def request_pretrain_clip_store(
-    pretrain_video_index: pd.DataFrame, pretrain_raw: Path, preprocessing: dict[str, Any]
-) -> ClipStoreRequest:
-    """Decode the corpus once into its own clip store."""
-    return ClipStoreRequest(
-        index=pretrain_video_index,
-        echonet_root=str(pretrain_raw),
-        size=int(preprocessing["size"]),
-        workers=int(preprocessing.get("workers", 1)),
+def decode_pretrain_clip_store(
+    pretrain_video_index: pd.DataFrame,
+    pretrain_raw: Path,
+    preprocessing: dict[str, Any],
+    pretrain_clip_store_folder: Path,
+) -> ClipStore:
+    """Decode the corpus once into its own clip store (resumable, like the target's)."""
+    return decode_clip_store(
+        pretrain_video_index, pretrain_raw, preprocessing, pretrain_clip_store_folder
     )
 
 
@@ -81,14 +83,8 @@ def _run_pretraining(
     return pretrain_clip(backbone, store, table, device=device, progress=progress, **training)
 
 
-def request_pretraining(
-    pretrain_clip_store: ClipStore,
-    pretrain_video_index: pd.DataFrame,
-    pretrain_raw: Path,
-    pretrain: dict[str, Any],
-    preprocessing: dict[str, Any],
-) -> PretrainRequest:
-    """Pair every usable video with its report; the dataset pretrains unless cached."""
+def pretraining_pairs(pretrain_video_index: pd.DataFrame, pretrain_raw: Path) -> pd.DataFrame:
+    """Every usable video with its report (``Reports.csv``), sorted by FileName."""
     reports_path = Path(pretrain_raw) / REPORTS_FILE
     if not reports_path.is_file():
         raise FileNotFoundError(f"{reports_path}: the pretraining corpus has no reports")
@@ -104,20 +100,49 @@ def request_pretraining(
             int(no_report.sum()),
             ", ".join(table.loc[no_report, "FileName"].astype(str).head(3)),
         )
-    table = table[~no_report].sort_values("FileName").reset_index(drop=True)
-    logger.info("Pretraining on %d video-report pairs", len(table))
-    check_keys("pretrain", pretrain, {*TRAINING_KEYS, "arch", "corpus", "device", "progress"})
+    return table[~no_report].sort_values("FileName").reset_index(drop=True)
+
+
+def pretraining_config(
+    pretrain: dict[str, Any], preprocessing: dict[str, Any], pairs: int
+) -> dict[str, Any]:
+    """What identifies a pretrained checkpoint (its ``meta.config``; hashed with the arch)."""
+    check_keys("pretrain", pretrain, PRETRAIN_KEYS)
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
-    arch = str(pretrain["arch"])
-    config = {
+    return {
         "generator_version": GENERATOR_VERSION,
         "corpus": pretrain["corpus"],
         "size": int(preprocessing["size"]),
-        "pairs": len(table),
+        "pairs": pairs,
         **{k: v for k, v in training.items() if NEUTRAL_DEFAULTS.get(k, object()) != v},
     }
-    run = partial(
-        _run_pretraining,
+
+
+def pretrain_backbone(
+    pretrain_clip_store: ClipStore,
+    pretrain_video_index: pd.DataFrame,
+    pretrain_raw: Path,
+    pretrain: dict[str, Any],
+    preprocessing: dict[str, Any],
+    pretrained_backbones: dict[str, Path],
+) -> dict[str, Any] | Path:
+    """Pretrain the CLIP on the corpus's video-report pairs, unless this config was before.
+
+    ``pretrained_backbones`` lists the checkpoints on disk by config hash; a match is
+    returned as its path (the dataset restores it), else the new checkpoint is.
+    """
+    from cardiac_pipeline.model.pretrain import config_hash
+
+    table = pretraining_pairs(pretrain_video_index, pretrain_raw)
+    config = pretraining_config(pretrain, preprocessing, len(table))
+    arch = str(pretrain["arch"])
+    wanted = config_hash({"arch": arch, **config})
+    if wanted in pretrained_backbones:
+        logger.info("Pretrained backbone for this config found (%s); not pretraining", wanted)
+        return pretrained_backbones[wanted]
+    logger.info("Pretraining %s on %d video-report pairs", arch, len(table))
+    training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
+    model, history = _run_pretraining(
         arch,
         pretrain_clip_store,
         table,
@@ -125,7 +150,25 @@ def request_pretraining(
         str(pretrain.get("device", "auto")),
         bool(pretrain.get("progress", True)),
     )
-    return PretrainRequest(arch=arch, config=config, run=run)
+    checkpoint = {
+        "arch": arch,
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "meta": {"config_hash": wanted, "config": config, "history": history.to_dict("list")},
+    }
+    _log_pretraining(config, history)
+    return checkpoint
+
+
+def _log_pretraining(config: dict[str, Any], history: pd.DataFrame) -> None:
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_params(flatten_params({"pretrain": config}))
+    for row in history.to_dict("records"):
+        log_metrics({"pretrain.loss": row["loss"]}, step=int(row["epoch"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "pretrain_history.csv"
+        history.to_csv(csv, index=False)
+        mlflow.log_artifact(str(csv), artifact_path="pretrained_backbone")
 
 
 def report_pretraining(pretrained_backbone: Path) -> pd.DataFrame:

@@ -2,16 +2,18 @@
 
 The checkpoint (``data/06_models/pretrained_backbone.pt``) loads with
 ``create_backbone(arch, pretrained=path)``; set ``backbone.pretrained`` to it for few-shot.
+Each step skips work already done: a current corpus is not regenerated, decoded videos
+are not decoded again, a config pretrained before is restored from the archive.
 """
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    decode_pretrain_clip_store,
+    generate_pretrain_corpus,
     ingest_pretrain_corpus,
+    pretrain_backbone,
     report_pretraining,
-    request_pretrain_clip_store,
-    request_pretrain_corpus,
-    request_pretraining,
 )
 
 
@@ -19,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                request_pretrain_corpus,
+                generate_pretrain_corpus,
                 inputs="params:pretrain",
                 outputs="pretrain_raw",
                 name="generate_pretrain_corpus",
@@ -31,19 +33,25 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="ingest_pretrain_corpus",
             ),
             Node(
-                request_pretrain_clip_store,
-                inputs=["pretrain_video_index", "pretrain_raw", "params:preprocessing"],
+                decode_pretrain_clip_store,
+                inputs=[
+                    "pretrain_video_index",
+                    "pretrain_raw",
+                    "params:preprocessing",
+                    "pretrain_clip_store_folder",
+                ],
                 outputs="pretrain_clip_store",
                 name="build_pretrain_clip_store",
             ),
             Node(
-                request_pretraining,
+                pretrain_backbone,
                 inputs=[
                     "pretrain_clip_store",
                     "pretrain_video_index",
                     "pretrain_raw",
                     "params:pretrain",
                     "params:preprocessing",
+                    "pretrained_backbones",
                 ],
                 outputs="pretrained_backbone",
                 name="pretrain_backbone",

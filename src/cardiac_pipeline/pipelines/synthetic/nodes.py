@@ -6,19 +6,28 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cardiac_pipeline.datasets import SyntheticRequest
+from cardiac_pipeline.echo import synthetic
 
 logger = logging.getLogger(__name__)
 
 
-def request_synthetic_dataset(echonet_root: str, synthetic: dict[str, Any]) -> SyntheticRequest:
-    """Ask for the synthetic dataset when ``echonet_root`` is the synthetic folder.
+def generate_synthetic_folder(root: str | Path, params: dict[str, Any]) -> Path:
+    """The synthetic dataset at ``root``: ``root`` itself when it is current (nothing is
+    generated) or holds data the project did not make (left untouched), else a freshly
+    generated folder beside it that the catalog's dataset renames onto ``root``."""
+    root = Path(root)
+    if synthetic.is_current(root, params):
+        logger.info("Synthetic dataset at %s is up to date; not regenerating", root)
+        return root
+    if synthetic.made_elsewhere(root):
+        logger.warning(
+            "%s holds a dataset the project did not generate; leaving it untouched", root
+        )
+        return root
+    logger.info("Generating the synthetic dataset for %s", root)
+    return synthetic.stage_dataset(root, params)
 
-    When ``echonet_root`` points elsewhere (a real EchoNet copy) nothing is generated: an
-    empty request, which the dataset ignores, so a typo in the path fails at ingestion
-    with "folder not found" instead of silently filling it with phantoms.
-    """
-    if Path(echonet_root).resolve() != Path(synthetic["root"]).resolve():
-        logger.info("echonet_root=%s is not the synthetic folder; generating nothing", echonet_root)
-        return SyntheticRequest(params={})
-    return SyntheticRequest(params=dict(synthetic["generate"]))
+
+def generate_synthetic_echonet(synthetic_params: dict[str, Any]) -> Path:
+    """The embedded target-site dataset at ``synthetic.root`` (see ``generate_synthetic_folder``)."""
+    return generate_synthetic_folder(synthetic_params["root"], dict(synthetic_params["generate"]))
