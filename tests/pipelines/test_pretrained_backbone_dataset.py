@@ -1,86 +1,106 @@
-"""The pretrained checkpoint dataset pretrains once per config and keeps every config's."""
+"""Pretraining runs once per config: the pretrain node returns a checkpoint kept on disk
+for its config instead of training, and the dataset keeps every config's checkpoint."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
-from cardiac_pipeline.model.pretrain import read_checkpoint_meta
-from cardiac_pipeline.pipelines.pretrain.datasets import PretrainedBackboneDataset, PretrainRequest
+from cardiac_pipeline.model.pretrain import config_hash, read_checkpoint_meta
+from cardiac_pipeline.pipelines.pretrain import nodes
+from cardiac_pipeline.pipelines.pretrain.datasets import (
+    PretrainedBackboneArchive,
+    PretrainedBackboneDataset,
+)
+
+PREPROCESSING = {"size": 112}
 
 
-def _request(epochs: int, calls: list[int]) -> PretrainRequest:
-    def run():
-        calls.append(epochs)
-        torch.manual_seed(epochs)
-        return torch.nn.Linear(2, 2), pd.DataFrame({"epoch": [1], "loss": [float(epochs)]})
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    pd.DataFrame({"FileName": ["a", "b"], "Report": ["EF 50%.", "EF 30%."]}).to_csv(
+        tmp_path / "Reports.csv", index=False
+    )
+    return pd.DataFrame({"FileName": ["a", "b"]}), tmp_path
 
-    return PretrainRequest(arch="toy", config={"epochs": epochs}, run=run)
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    made: list[int] = []
+
+    def fake_pretraining(arch, store, table, training, device, progress):
+        made.append(int(training["epochs"]))
+        torch.manual_seed(int(training["epochs"]))
+        return torch.nn.Linear(2, 2), pd.DataFrame({"epoch": [1], "loss": [1.0]})
+
+    monkeypatch.setattr(nodes, "_run_pretraining", fake_pretraining)
+    return made
+
+
+def _pretrain(corpus, current: Path, archive: Path | None, epochs: int) -> None:
+    """One run of the node and its two datasets, as Kedro does."""
+    index, raw = corpus
+    params = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": epochs, "seed": 0}
+    available = PretrainedBackboneArchive(str(current), archive and str(archive)).load()
+    result = nodes.pretrain_backbone(None, index, raw, params, PREPROCESSING, available)
+    PretrainedBackboneDataset(str(current), archive and str(archive)).save(result)
 
 
 def _weights(path: Path) -> torch.Tensor:
     return torch.load(path, weights_only=True)["state_dict"]["weight"]
 
 
-def test_a_config_pretrained_before_is_restored_not_pretrained_again(tmp_path: Path) -> None:
-    current = tmp_path / "pretrained_backbone.pt"
-    dataset = PretrainedBackboneDataset(str(current), archive_dir=str(tmp_path / "archive"))
-    calls: list[int] = []
-    dataset.save(_request(20, calls))
+def test_a_config_pretrained_before_is_restored_not_pretrained_again(
+    tmp_path: Path, corpus, calls
+) -> None:
+    current, archive = tmp_path / "out" / "pretrained_backbone.pt", tmp_path / "archive"
+    _pretrain(corpus, current, archive, 20)
     full = _weights(current)
-    dataset.save(_request(4, calls))  # another config: pretrains, replaces the current file
+    _pretrain(corpus, current, archive, 4)  # another config: pretrains, replaces the file
     assert calls == [20, 4]
     assert not torch.equal(_weights(current), full)
-    dataset.save(_request(20, calls))  # back to the first: restored from the archive
+    _pretrain(corpus, current, archive, 20)  # back to the first: restored from the archive
     assert calls == [20, 4]
     assert torch.equal(_weights(current), full)
-    assert read_checkpoint_meta(current)["config"] == {"epochs": 20}
-    dataset.save(_request(20, calls))  # current already: nothing to do
+    assert read_checkpoint_meta(current)["config"]["epochs"] == 20
+    _pretrain(corpus, current, archive, 20)  # current already: nothing to do
     assert calls == [20, 4]
-    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == sorted(
-        f"{read_checkpoint_meta(p)['config_hash']}.pt" for p in (tmp_path / "archive").iterdir()
+    assert sorted(p.name for p in archive.iterdir()) == sorted(
+        f"{read_checkpoint_meta(p)['config_hash']}.pt" for p in archive.iterdir()
     )
-    assert len(list((tmp_path / "archive").iterdir())) == 2
+    assert len(list(archive.iterdir())) == 2
 
 
-def test_a_checkpoint_from_before_the_archive_is_kept_when_replaced(tmp_path: Path) -> None:
-    current = tmp_path / "pretrained_backbone.pt"
-    calls: list[int] = []
-    PretrainedBackboneDataset(str(current)).save(_request(20, calls))  # no archive yet
+def test_a_checkpoint_from_before_the_archive_is_kept_when_replaced(
+    tmp_path: Path, corpus, calls
+) -> None:
+    current = tmp_path / "out" / "pretrained_backbone.pt"
+    _pretrain(corpus, current, None, 20)  # no archive yet
     old = _weights(current)
-    dataset = PretrainedBackboneDataset(str(current), archive_dir=str(tmp_path / "archive"))
-    dataset.save(_request(4, calls))
-    dataset.save(_request(20, calls))
+    _pretrain(corpus, current, tmp_path / "archive", 4)
+    _pretrain(corpus, current, tmp_path / "archive", 20)
     assert calls == [20, 4]
     assert torch.equal(_weights(current), old)
 
 
-def test_without_an_archive_a_changed_config_pretrains_again(tmp_path: Path) -> None:
-    dataset = PretrainedBackboneDataset(str(tmp_path / "pretrained_backbone.pt"))
-    calls: list[int] = []
+def test_without_an_archive_a_changed_config_pretrains_again(tmp_path: Path, corpus, calls) -> None:
     for epochs in (20, 4, 20):
-        dataset.save(_request(epochs, calls))
+        _pretrain(corpus, tmp_path / "pretrained_backbone.pt", None, epochs)
     assert calls == [20, 4, 20]
 
 
-def test_spelling_out_the_neutral_defaults_keeps_the_config_and_its_checkpoint(
-    tmp_path: Path,
-) -> None:
-    from cardiac_pipeline.pipelines.pretrain.nodes import request_pretraining
-
-    pd.DataFrame({"FileName": ["a", "b"], "Report": ["EF 50%.", "EF 30%."]}).to_csv(
-        tmp_path / "Reports.csv", index=False
-    )
-    index = pd.DataFrame({"FileName": ["a", "b"]})
+def test_spelling_out_the_neutral_defaults_keeps_the_config_and_its_checkpoint() -> None:
     pretrain = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": 20, "batch_size": 32}
 
     def config(**extra) -> dict:
-        return request_pretraining(
-            None, index, tmp_path, {**pretrain, **extra}, {"size": 112}
-        ).config
+        return nodes.pretraining_config({**pretrain, **extra}, PREPROCESSING, pairs=2)
 
     assert config(warmup_epochs=0, lr_schedule="constant") == config()
     assert config(warmup_epochs=0.5)["warmup_epochs"] == 0.5
     assert config(lr_schedule="cosine")["lr_schedule"] == "cosine"
+    assert config_hash({"arch": "toy", **config()}) != config_hash(
+        {"arch": "toy", **config(epochs=4)}
+    )
