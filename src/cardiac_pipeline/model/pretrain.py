@@ -7,8 +7,10 @@ CLIP (learnable temperature ``logit_scale``). Zero-shot LVEF then needs no label
 video embedding is compared with the prompts "THE LEFT VENTRICULAR EJECTION FRACTION IS
 ESTIMATED TO BE X%" for every X, and ``prompts.zero_shot_ef`` turns the ranking into an EF.
 
-Frames come from the clip store as uint8 and are normalised on the device (grey C = 1 is
-expanded to the three channels the image tower expects).
+Frames come from the clip store as uint8 and are normalised on the device by EchoZoom's
+``PixelNormalize``, as in adaptation (grey C = 1 is broadcast to the three channels the
+image tower expects). The learning-rate schedule (``lr_factor``) and the device rule
+(``resolve_device``) are the training loop's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,36 +33,17 @@ from torch import nn
 from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts, sample_clip
 from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
 from cardiac_pipeline.model.backbone import Backbone
+from cardiac_pipeline.model.echozoom import PixelNormalize
 from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts
+from cardiac_pipeline.model.train import lr_factor, resolve_device
 
 HISTORY_COLUMNS = ["epoch", "loss", "logit_scale", "lr", "seconds"]
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature at 1/100
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _fps(store: ClipStore, file_name: str) -> float | None:
     fps = store.entry(file_name).get("fps")
     return float(fps) if fps is not None else None
-
-
-def _normalise_frames(
-    clips: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device
-) -> torch.Tensor:
-    """``(..., C, H, W)`` uint8 -> float ``(N, 3, H, W)`` normalised on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(clips)).to(device)
-    x = x.reshape(-1, *x.shape[-3:]).float().div_(255.0)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    mean_t = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
 
 
 def encode_videos(
@@ -72,7 +55,9 @@ def encode_videos(
 ) -> torch.Tensor:
     """``(B, T, C, H, W)`` uint8 clips -> ``(B, T, D)`` normalised per-frame embeddings."""
     batch, frames = clips.shape[:2]
-    images = _normalise_frames(clips, mean, std, device)
+    pixels = torch.from_numpy(np.ascontiguousarray(clips)).to(device)
+    # the same normalisation as CardiacCLIP's forward (uint8 -> /255 -> mean/std, grey -> 3)
+    images = PixelNormalize(mean, std).to(device)(pixels.reshape(-1, *pixels.shape[-3:]))
     embeddings = F.normalize(model.encode_image(images), dim=-1)
     return embeddings.view(batch, frames, -1)
 
@@ -86,22 +71,6 @@ def contrastive_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """``order`` cut into batches; a last batch of one pair carries no contrast and is dropped."""
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return [b for b in batches if len(b) >= 2]
-
-
-def lr_factor(
-    total_steps: int, warmup_steps: int, schedule: Literal["constant", "cosine"]
-) -> Callable[[int], float]:
-    """Learning-rate multiplier by step: linear warm-up, then constant or cosine to zero."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def clip_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -166,7 +135,7 @@ def pretrain_clip(
     table = _check_table(store, table, ["FileName", "Report"])
     if len(table) < 2:
         raise ValueError(f"contrastive pretraining needs >= 2 video-report pairs, got {len(table)}")
-    dev = _device(device)
+    dev = resolve_device(device)
     model = backbone.model.to(dev)
     spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
     names = table["FileName"].astype(str).tolist()
@@ -250,7 +219,7 @@ def zero_shot_predict(
     if mode not in ("video", "frame"):
         raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
     table = _check_table(store, table, ["FileName"])
-    dev = _device(device)
+    dev = resolve_device(device)
     model = backbone.model.to(dev).eval()
     spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
     prompts = zero_shot_ef_prompts(values)

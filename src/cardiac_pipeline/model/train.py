@@ -15,6 +15,12 @@ The pieces plugged in follow these interfaces (see ``cardiac_clip.py``, ``losses
   ``{"clip": (N,T,C,H,W) uint8, "ef", "file_name", "frame_indices": (N,T)}``; an optional
   ``dataset.set_epoch(epoch)`` makes the random clip choice a function of the epoch.
 
+``fit`` is a few small parts: the loader of this process's share of each epoch
+(``distributed.EpochSampler``), one training step and one epoch, validation on rank 0,
+``last.pt``/``best.pt`` and resume, early stopping. The same loop runs alone or in every
+process of a torchrun group (DDP; see ``distributed.py``). The learning-rate schedule
+(``lr_factor``) and the device rule (``resolve_device``) are shared with pretraining.
+
 Runs are resumable: ``last.pt`` (model, optimizer, scheduler, history, RNG states) is
 replaced atomically at each epoch end and ``fit`` called again on the same folder carries
 on from there, giving the same weights as an uninterrupted run. Checkpoints hold only
@@ -33,7 +39,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.model import distributed
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 
 logger = logging.getLogger(__name__)
@@ -199,7 +206,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA request must be met."""
+    """The one device rule of training, pretraining and prediction.
+
+    ``"auto"`` -> CUDA when available, else CPU; an explicit CUDA request must be met. In a
+    torchrun group an unnumbered CUDA device is this process's GPU (``LOCAL_RANK``).
+    """
     if isinstance(name, torch.device):
         device = name
     elif name == "auto":
@@ -208,6 +219,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(name)!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None and distributed.is_active():
+        device = torch.device("cuda", distributed.local_rank())
     return device
 
 
@@ -240,11 +253,6 @@ def _to_channels_last(model: nn.Module) -> None:
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Independent seed per (run seed, epoch), so epoch k's data order needs no history."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -353,20 +361,37 @@ def _build_optimizer(
     )
 
 
+def lr_factor(
+    total_steps: int,
+    warmup_steps: int,
+    schedule: Literal["constant", "cosine"] = "cosine",
+    min_lr_ratio: float = 0.0,
+) -> Callable[[int], float]:
+    """Learning-rate multiplier by optimiser step, for pretraining and adaptation alike.
+
+    Linear warm-up over ``warmup_steps`` (from 1/warmup_steps to 1), then constant or a
+    cosine from 1 down to ``min_lr_ratio`` at ``total_steps``, held there after.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def _build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine from each group's lr down to ``min_lr_ratio`` x lr."""
+    """Warm-up then cosine from each group's lr down to ``min_lr_ratio`` x lr."""
     total = max(1, steps_per_epoch * (config.schedule_epochs or config.epochs))
-    warmup = config.warmup_steps
-    floor = config.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+    factor = lr_factor(total, config.warmup_steps, "cosine", config.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -618,22 +643,350 @@ def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: P
         )
 
 
-def _result_from_state(
-    rows: list[dict[str, float]],
-    best_epoch: int,
-    best_val_mae: float,
-    stopped_early: bool,
-    best_path: Path,
-    last_path: Path,
-) -> TrainResult:
-    return TrainResult(
-        best_epoch=int(best_epoch),
-        best_val_mae=float(best_val_mae),
-        history=pd.DataFrame(rows),
-        best_checkpoint=best_path,
-        last_checkpoint=last_path,
-        stopped_early=bool(stopped_early),
+@dataclass
+class _Loop:
+    """What the parts of one ``fit`` call share: the run's pieces and where it stands."""
+
+    model: nn.Module  # the caller's model: checkpoints and validation use it
+    config: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_loader: DataLoader
+    n_batches: int
+    best_path: Path
+    last_path: Path
+    progress: bool
+    net: nn.Module | None = None  # what trains: ``model``, or its DDP wrapper in a group
+    val_loader: DataLoader | None = None  # rank 0's; None elsewhere and without VAL
+    rows: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_mae: float = math.nan
+    stopped_early: bool = False
+    start_epoch: int = 1
+
+    def result(self) -> TrainResult:
+        return TrainResult(
+            best_epoch=int(self.best_epoch),
+            best_val_mae=float(self.best_val_mae),
+            history=pd.DataFrame(self.rows),
+            best_checkpoint=self.best_path,
+            last_checkpoint=self.last_path,
+            stopped_early=bool(self.stopped_early),
+        )
+
+
+def _process_seed(seed: int) -> int:
+    """Rank 0 (and a single process) draws from the run seed; other ranks from their own."""
+    if distributed.rank() == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), distributed.rank()]).generate_state(1)[0])
+
+
+def _place_model(model: nn.Module, config: TrainConfig, device: torch.device) -> None:
+    model.to(device)
+    channels_last = config.channels_last
+    if device.type == "cuda" if channels_last == "auto" else bool(channels_last):
+        _to_channels_last(model)
+
+
+def _train_loader(dataset: Dataset, config: TrainConfig, device: torch.device) -> DataLoader:
+    """This process's loader: its share of each global batch, in the epoch's seeded order."""
+    sampler = distributed.EpochSampler(
+        dataset,
+        seed=config.seed,
+        num_replicas=distributed.world_size(),
+        rank=distributed.rank(),
     )
+    return DataLoader(
+        dataset,
+        batch_size=distributed.per_process_batch(config.batch_size),
+        sampler=sampler,
+        num_workers=_resolve_workers(config.num_workers, device),
+        collate_fn=default_collate,
+        pin_memory=device.type == "cuda",
+        drop_last=config.drop_last,
+        generator=torch.Generator(),  # seeded per epoch: the workers' base seed
+    )
+
+
+def _batches_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
+    n_batches = len(loader)
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, int(config.max_batches_per_epoch))
+    if n_batches == 0:
+        raise ValueError(
+            f"training set of {len(loader.dataset)} videos gives no batch of {config.batch_size}"  # type: ignore[arg-type]
+        )
+    return n_batches
+
+
+def _rank_rng(ckpt: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    """This rank's stored RNG state (a run resumed on another number of processes: rank 0's)."""
+    per_rank = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if len(per_rank) == distributed.world_size():
+        return per_rank[distributed.rank()]
+    if distributed.is_main():
+        warnings.warn(
+            f"{path}: saved by {len(per_rank)} processes, resumed by "
+            f"{distributed.world_size()}; the random streams are not continued exactly",
+            stacklevel=3,
+        )
+    return per_rank[0]
+
+
+def _resume(loop: _Loop) -> bool:
+    """Carry on from ``last.pt``; True when that run is already finished."""
+    path = loop.last_path
+    ckpt = _load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint written by fit (format {ckpt.get('format')!r})")
+    config = loop.config
+    _check_resume_config(ckpt["config"], config, path)
+    loop.rows = _history_from_dict(ckpt["history"])
+    loop.best_epoch, loop.best_val_mae = int(ckpt["best_epoch"]), float(ckpt["best_val_mae"])
+    loop.stopped_early = bool(ckpt["stopped_early"])
+    done = int(ckpt["epoch"])
+    if loop.stopped_early or done >= config.epochs:
+        if done > config.epochs:
+            warnings.warn(
+                f"{path}: run already has {done} epochs > requested {config.epochs}",
+                stacklevel=3,
+            )
+        logger.info("%s: run already finished (%d epochs), nothing to do", path.parent, done)
+        return True
+    loop.model.load_state_dict(ckpt["model"])
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    loop.scheduler.load_state_dict(ckpt["scheduler"])
+    _set_rng_state(_rank_rng(ckpt, path))
+    loop.start_epoch = done + 1
+    logger.info("%s: resuming at epoch %d of %d", path.parent, loop.start_epoch, config.epochs)
+    return False
+
+
+def _score(loop: _Loop, epoch: int, cache: PredictionCache | None = None) -> tuple[float, float]:
+    """VAL ``(MAE, RMSE)`` computed on rank 0 and known to every rank (NaN without VAL)."""
+    scores = (math.nan, math.nan)
+    if loop.val_loader is not None:
+        scores = _validate(
+            loop.model,
+            loop.val_loader,
+            loop.device,
+            loop.amp_dtype,
+            loop.config,
+            loop.progress,
+            epoch,
+            cache,
+        )
+    return distributed.broadcast_object(scores)
+
+
+def _score_start(loop: _Loop, cache: PredictionCache | None) -> None:
+    """``select_start``: the starting weights compete as epoch 0."""
+    # the RNG is forked so that training is bit-identical with or without this
+    with torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []):
+        start_mae, _ = _score(loop, 0, cache)
+    if math.isfinite(start_mae):
+        loop.best_epoch, loop.best_val_mae = 0, start_mae
+        if distributed.is_main():
+            _save_best(loop.model, 0, start_mae, loop.config, loop.best_path)
+            logger.info("epoch 0 (starting weights): val_mae %.3f", start_mae)
+
+
+def _optimizer_step(loop: _Loop) -> None:
+    if loop.config.max_grad_norm is not None:
+        trainable = [p for g in loop.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(trainable, loop.config.max_grad_norm)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+
+
+def _train_step(
+    loop: _Loop, batch: Mapping[str, Any], batch_idx: int, epoch: int
+) -> tuple[float, Mapping[str, float]]:
+    """Forward and backward of one micro-batch; the optimiser steps when its window ends.
+
+    The loss is divided by its window's length, so an accumulated window gives the
+    gradient of its mean loss; in a group the gradients are averaged over the processes
+    once per window (the others skip DDP's all-reduce).
+    """
+    config, device = loop.config, loop.device
+    window_start = (batch_idx // config.grad_accum_steps) * config.grad_accum_steps
+    window = min(config.grad_accum_steps, loop.n_batches - window_start)
+    window_ends = batch_idx + 1 == window_start + window
+    clips = batch["clip"].to(device, non_blocking=True)
+    ef_target = batch["ef"].to(device, dtype=torch.float32, non_blocking=True)
+    weights = {"w_ce": config.w_ce, "w_kl": config.w_kl, "w_l1": config.w_l1}
+    with distributed.no_sync(loop.net, skip_sync=not window_ends):
+        with _autocast(device, loop.amp_dtype):
+            output = loop.net(clips)
+            loss, parts = loop.loss_fn(output, ef_target, **weights)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"epoch {epoch}, batch {batch_idx}: non-finite loss {loss_value} "
+                f"(videos {list(batch.get('file_name', []))})"
+            )
+        (loss / window).backward()
+    if window_ends:
+        _optimizer_step(loop)
+    return loss_value, parts
+
+
+@dataclass
+class _EpochStats:
+    """An epoch's training figures, over every rank's micro-batches."""
+
+    loss: float
+    parts: dict[str, float]
+    lrs: list[float]  # each group's at the epoch's first step
+    seconds: float
+    clips_per_s: float
+    wait_share: float
+
+
+def _train_epoch(loop: _Loop, epoch: int, dataset: Dataset) -> _EpochStats:
+    """One pass over the epoch's batches, in the order the (run seed, epoch) fixes."""
+    epoch_start = time.perf_counter()
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    loader = loop.train_loader
+    loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    loader.generator.manual_seed(distributed.epoch_seed(loop.config.seed, epoch))
+    loop.net.train()  # type: ignore[union-attr]
+    loop.optimizer.zero_grad(set_to_none=True)
+    lrs = [float(g["lr"]) for g in loop.optimizer.param_groups]
+
+    loss_sum, part_sums, n_micro, n_clips = 0.0, {}, 0, 0
+    tick = time.perf_counter()
+    iterator = iter(loader)
+    wait = time.perf_counter() - tick
+    bar = tqdm(
+        total=loop.n_batches,
+        desc=f"epoch {epoch}/{loop.config.epochs}",
+        disable=not (loop.progress and distributed.is_main()),
+        leave=False,
+    )
+    for batch_idx in range(loop.n_batches):
+        tick = time.perf_counter()
+        batch = next(iterator)
+        wait += time.perf_counter() - tick
+        loss_value, parts = _train_step(loop, batch, batch_idx, epoch)
+        n_micro += 1
+        n_clips += len(batch["clip"])
+        loss_sum += loss_value
+        for key, value in parts.items():
+            part_sums[key] = part_sums.get(key, 0.0) + float(value)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / n_micro:.4g}")
+    bar.close()
+    del iterator
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize(loop.device)
+    seconds = time.perf_counter() - epoch_start
+    ranks = distributed.gather_objects((loss_sum, part_sums, n_micro, n_clips, wait))
+    # means over all micro-batches: the global batches' means when the shards are equal
+    total = sum(r[2] for r in ranks)
+    return _EpochStats(
+        loss=sum(r[0] for r in ranks) / total,
+        parts={k: sum(r[1][k] for r in ranks) / total for k in part_sums},
+        lrs=lrs,
+        seconds=seconds,
+        clips_per_s=sum(r[3] for r in ranks) / seconds if seconds > 0 else math.nan,
+        wait_share=sum(r[4] for r in ranks) / len(ranks) / seconds if seconds > 0 else math.nan,
+    )
+
+
+def _epoch_row(
+    loop: _Loop,
+    epoch: int,
+    train: _EpochStats,
+    val: tuple[float, float],
+    val_seconds: float,
+    seconds: float,
+) -> dict[str, float]:
+    """The history row of an epoch (primitives only: it goes into ``last.pt``)."""
+    row: dict[str, float] = {"epoch": epoch, "train_loss": train.loss}
+    row.update({f"train_{k}": v for k, v in train.parts.items()})
+    # learning rates at the epoch's first step (the first group's, and each by name)
+    row.update({"val_mae": val[0], "val_rmse": val[1], "lr": train.lrs[0]})
+    for i, group in enumerate(loop.optimizer.param_groups):
+        row[f"lr_{group.get('name', i)}"] = train.lrs[i]
+    row.update(
+        {
+            "seconds": seconds,
+            "train_seconds": train.seconds,
+            "val_seconds": val_seconds,
+            "clips_per_s": train.clips_per_s,
+            "data_wait_share": train.wait_share,
+        }
+    )
+    return {k: _plain(v) for k, v in row.items()}
+
+
+def _save_last(loop: _Loop, epoch: int) -> None:
+    """``last.pt``: everything a resume needs, every rank's RNG included (written by rank 0)."""
+    rng = distributed.gather_objects(_rng_state())
+    if not distributed.is_main():
+        return
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": loop.model.state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "history": _history_to_dict(loop.rows),
+        "best_epoch": loop.best_epoch,
+        "best_val_mae": _plain(loop.best_val_mae),
+        "stopped_early": loop.stopped_early,
+        "config": loop.config.to_dict(),
+        "rng": rng[0],
+    }
+    if len(rng) > 1:
+        state["rng_ranks"] = rng
+    _atomic_save(state, loop.last_path)
+
+
+def _end_epoch(loop: _Loop, epoch: int, row: dict[str, float]) -> None:
+    """Keep the best weights, decide on early stopping, write ``last.pt`` when due."""
+    loop.rows.append(row)
+    val_mae = row["val_mae"]
+    # Strictly better MAE wins; without labelled validation the latest epoch is "best".
+    if math.isnan(val_mae) or math.isnan(loop.best_val_mae) or val_mae < loop.best_val_mae:
+        loop.best_epoch, loop.best_val_mae = epoch, val_mae
+        if distributed.is_main():
+            _save_best(loop.model, epoch, val_mae, loop.config, loop.best_path)
+    patience = loop.config.patience
+    if patience is not None and epoch - loop.best_epoch >= patience:
+        loop.stopped_early = True
+    if (
+        loop.stopped_early
+        or epoch == loop.config.epochs
+        or epoch % loop.config.checkpoint_every == 0
+    ):
+        _save_last(loop, epoch)
+
+
+def _run_epoch(loop: _Loop, epoch: int, dataset: Dataset) -> dict[str, float]:
+    epoch_start = time.perf_counter()
+    train = _train_epoch(loop, epoch, dataset)
+    val_start = time.perf_counter()
+    val = _score(loop, epoch)
+    val_seconds = time.perf_counter() - val_start
+    row = _epoch_row(loop, epoch, train, val, val_seconds, time.perf_counter() - epoch_start)
+    _end_epoch(loop, epoch, row)
+    return row
+
+
+def _finish(loop: _Loop) -> TrainResult:
+    """The best weights into the caller's model (eval mode), once rank 0 has written them."""
+    distributed.barrier()
+    load_model_weights(loop.model, loop.best_path)
+    loop.model.eval()
+    return loop.result()
 
 
 def fit(
@@ -660,226 +1013,63 @@ def fit(
     ``loss_fn`` / ``param_groups_fn`` default to the CardiacCLIP ones.
     ``prediction_cache`` (scoped to the architecture) serves the ``select_start`` score of
     starting weights already scored on the same VAL videos.
+
+    In a torchrun group (``distributed.init_from_env``) every process calls ``fit`` alike:
+    ``config.batch_size`` is the global batch, split over the processes; rank 0 alone
+    validates, writes the checkpoints and calls ``on_epoch_end``.
     """
-    loss_fn = loss_fn or _default_loss_fn()
-    param_groups_fn = param_groups_fn or _default_param_groups_fn()
     ckpt_dir = Path(checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    best_path = ckpt_dir / BEST_CHECKPOINT_NAME
-    last_path = ckpt_dir / LAST_CHECKPOINT_NAME
-
     device = resolve_device(config.device)
-    amp_dtype = _amp_dtype(config.amp, device)
-    use_channels_last = (
-        device.type == "cuda" if config.channels_last == "auto" else bool(config.channels_last)
+    seed_everything(_process_seed(config.seed))
+    _place_model(model, config, device)
+    train_loader = _train_loader(train_dataset, config, device)
+    n_batches = _batches_per_epoch(train_loader, config)
+    optimizer = _build_optimizer(model, config, param_groups_fn or _default_param_groups_fn())
+    loop = _Loop(
+        model=model,
+        config=config,
+        device=device,
+        amp_dtype=_amp_dtype(config.amp, device),
+        loss_fn=loss_fn or _default_loss_fn(),
+        optimizer=optimizer,
+        scheduler=_build_scheduler(
+            optimizer, config, math.ceil(n_batches / config.grad_accum_steps)
+        ),
+        train_loader=train_loader,
+        n_batches=n_batches,
+        best_path=ckpt_dir / BEST_CHECKPOINT_NAME,
+        last_path=ckpt_dir / LAST_CHECKPOINT_NAME,
+        progress=progress,
     )
-    num_workers = _resolve_workers(config.num_workers, device)
-    pin = device.type == "cuda"
-    seed_everything(config.seed)
-
-    model.to(device)
-    if use_channels_last:
-        _to_channels_last(model)
-
-    train_loader = DataLoader(
-        train_dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        num_workers=num_workers,
-        collate_fn=default_collate,
-        pin_memory=pin,
-        drop_last=config.drop_last,
-        generator=torch.Generator(),
-    )
-    n_batches = len(train_loader)
-    if config.max_batches_per_epoch is not None:
-        n_batches = min(n_batches, int(config.max_batches_per_epoch))
-    if n_batches == 0:
-        raise ValueError(
-            f"training set of {len(train_dataset)} videos gives no batch of {config.batch_size}"  # type: ignore[arg-type]
-        )
-    steps_per_epoch = math.ceil(n_batches / config.grad_accum_steps)
-    optimizer = _build_optimizer(model, config, param_groups_fn)
-    scheduler = _build_scheduler(optimizer, config, steps_per_epoch)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-
-    rows: list[dict[str, float]] = []
-    best_epoch, best_val_mae, stopped_early, start_epoch = 0, math.nan, False, 1
-    if last_path.exists():
-        ckpt = _load_checkpoint(last_path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"{last_path}: not a checkpoint written by fit (format {ckpt.get('format')!r})"
-            )
-        _check_resume_config(ckpt["config"], config, last_path)
-        rows = _history_from_dict(ckpt["history"])
-        best_epoch, best_val_mae = int(ckpt["best_epoch"]), float(ckpt["best_val_mae"])
-        stopped_early = bool(ckpt["stopped_early"])
-        done = int(ckpt["epoch"])
-        if stopped_early or done >= config.epochs:
-            if done > config.epochs:
-                warnings.warn(
-                    f"{last_path}: run already has {done} epochs > requested {config.epochs}",
-                    stacklevel=2,
-                )
-            del ckpt
-            load_model_weights(model, best_path)
-            model.eval()
-            logger.info("%s: run already finished (%d epochs), nothing to do", ckpt_dir, done)
-            return _result_from_state(
-                rows, best_epoch, best_val_mae, stopped_early, best_path, last_path
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch = done + 1
-        del ckpt
-        logger.info("%s: resuming at epoch %d of %d", ckpt_dir, start_epoch, config.epochs)
-
-    val_loader = (
-        _eval_loader(val_dataset, config.eval_batch_size, num_workers, pin)
-        if val_dataset is not None
-        else None
-    )
-    loss_weights = {"w_ce": config.w_ce, "w_kl": config.w_kl, "w_l1": config.w_l1}
-
-    if config.select_start and val_loader is not None and start_epoch == 1:
-        # the RNG is forked so that training is bit-identical with or without this
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            start_mae, _ = _validate(
-                model, val_loader, device, amp_dtype, config, progress, 0, prediction_cache
-            )
-        if math.isfinite(start_mae):
-            best_epoch, best_val_mae = 0, start_mae
-            _save_best(model, 0, start_mae, config, best_path)
-            logger.info("epoch 0 (starting weights): val_mae %.3f", start_mae)
-
-    for epoch in range(start_epoch, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        if hasattr(train_dataset, "set_epoch"):
-            train_dataset.set_epoch(epoch)
-        train_loader.generator.manual_seed(_epoch_seed(config.seed, epoch))
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        epoch_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-
-        loss_sum, part_sums, n_micro, n_clips = 0.0, {}, 0, 0
-        wait = 0.0
-        tick = time.perf_counter()
-        iterator = iter(train_loader)
-        wait += time.perf_counter() - tick
-        bar = tqdm(
-            total=n_batches,
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for batch_idx in range(n_batches):
-            tick = time.perf_counter()
-            batch = next(iterator)
-            wait += time.perf_counter() - tick
-
-            window_start = (batch_idx // config.grad_accum_steps) * config.grad_accum_steps
-            window = min(config.grad_accum_steps, n_batches - window_start)
-            clips = batch["clip"].to(device, non_blocking=True)
-            ef_target = batch["ef"].to(device, dtype=torch.float32, non_blocking=True)
-            with _autocast(device, amp_dtype):
-                output = model(clips)
-                loss, parts = loss_fn(output, ef_target, **loss_weights)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"epoch {epoch}, batch {batch_idx}: non-finite loss {loss_value} "
-                    f"(videos {list(batch.get('file_name', []))})"
-                )
-            (loss / window).backward()
-            if batch_idx + 1 == window_start + window:
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            n_micro += 1
-            n_clips += int(clips.shape[0])
-            loss_sum += loss_value
-            for key, value in parts.items():
-                part_sums[key] = part_sums.get(key, 0.0) + float(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / n_micro:.4g}")
-        bar.close()
-        del iterator
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - epoch_start
-
-        val_start = time.perf_counter()
-        val_mae, val_rmse = math.nan, math.nan
-        if val_loader is not None:
-            val_mae, val_rmse = _validate(
-                model, val_loader, device, amp_dtype, config, progress, epoch
-            )
-        val_seconds = time.perf_counter() - val_start
-
-        row: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / n_micro}
-        row.update({f"train_{k}": v / n_micro for k, v in part_sums.items()})
-        # learning rates at the epoch's first step (the first group's, and each by name)
-        row.update({"val_mae": val_mae, "val_rmse": val_rmse, "lr": epoch_lrs[0]})
-        for i, group in enumerate(optimizer.param_groups):
-            row[f"lr_{group.get('name', i)}"] = epoch_lrs[i]
-        row.update(
-            {
-                "seconds": time.perf_counter() - epoch_start,
-                "train_seconds": train_seconds,
-                "val_seconds": val_seconds,
-                "clips_per_s": n_clips / train_seconds if train_seconds > 0 else math.nan,
-                "data_wait_share": wait / train_seconds if train_seconds > 0 else math.nan,
-            }
-        )
-        row = {k: _plain(v) for k, v in row.items()}
-        rows.append(row)
-
-        # Strictly better MAE wins; without labelled validation the latest epoch is "best".
-        improved = math.isnan(val_mae) or math.isnan(best_val_mae) or val_mae < best_val_mae
-        if improved:
-            best_epoch, best_val_mae = epoch, val_mae
-            _save_best(model, epoch, val_mae, config, best_path)
-        if config.patience is not None and epoch - best_epoch >= config.patience:
-            stopped_early = True
-        final = stopped_early or epoch == config.epochs
-        if final or epoch % config.checkpoint_every == 0:
-            _atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": _history_to_dict(rows),
-                    "best_epoch": best_epoch,
-                    "best_val_mae": _plain(best_val_mae),
-                    "stopped_early": stopped_early,
-                    "config": config.to_dict(),
-                    "rng": _rng_state(),
-                },
-                last_path,
-            )
-        logger.info(
-            "epoch %d/%d: train_loss %.4f val_mae %.3f (%.1f clips/s, data wait %.0f%%)",
-            epoch,
-            config.epochs,
-            row["train_loss"],
-            val_mae,
-            row["clips_per_s"],
-            100 * row["data_wait_share"],
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, dict(row))
-        if stopped_early:
-            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+    if loop.last_path.exists() and _resume(loop):
+        return _finish(loop)
+    if val_dataset is not None and distributed.is_main():
+        workers = _resolve_workers(config.num_workers, device)
+        pin = device.type == "cuda"
+        loop.val_loader = _eval_loader(val_dataset, config.eval_batch_size, workers, pin)
+    loop.net = distributed.wrap(model, device)
+    if config.select_start and val_dataset is not None and loop.start_epoch == 1:
+        _score_start(loop, prediction_cache)
+    for epoch in range(loop.start_epoch, config.epochs + 1):
+        row = _run_epoch(loop, epoch, train_dataset)
+        if distributed.is_main():
+            _log_epoch(row, config.epochs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(row))
+        if loop.stopped_early:
+            logger.info("early stop at epoch %d (best %d)", epoch, loop.best_epoch)
             break
+    return _finish(loop)
 
-    load_model_weights(model, best_path)
-    model.eval()
-    return _result_from_state(rows, best_epoch, best_val_mae, stopped_early, best_path, last_path)
+
+def _log_epoch(row: Mapping[str, float], epochs: int) -> None:
+    logger.info(
+        "epoch %d/%d: train_loss %.4f val_mae %.3f (%.1f clips/s, data wait %.0f%%)",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["val_mae"],
+        row["clips_per_s"],
+        100 * row["data_wait_share"],
+    )
