@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cardiac_pipeline.model.backbone import create_backbone
-from cardiac_pipeline.model.cardiac_clip import CardiacCLIP, param_groups
+from cardiac_pipeline.model.cardiac_clip import CardiacCLIP, TextTower, param_groups
 from cardiac_pipeline.model.losses import cardiac_clip_loss
 from cardiac_pipeline.model.prompts import (
     BIN_VALUES,
@@ -204,3 +204,27 @@ def test_zero_shot_expectation_is_sharp_when_sure_and_central_when_unsure() -> N
     assert float(zero_shot_ef(two, [10, 20], logit_scale=1.0)[0]) == pytest.approx(17.5)
     frames = torch.stack([sure, unsure], dim=1)  # [1, 2, 5]: per-frame estimates averaged
     assert float(zero_shot_ef(frames, values)[0]) == pytest.approx(35.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("pool_type", "proj_type"), [("argmax", "linear"), ("argmax", "none"), ("eos", "linear")]
+)
+def test_text_tower_equals_open_clips_encode_text(pool_type: str, proj_type: str) -> None:
+    """The tower's own forward computes what ``CLIP.encode_text`` computes on the full model."""
+    torch.manual_seed(0)
+    text_cfg = open_clip.model.CLIPTextCfg(
+        context_length=8, vocab_size=40, width=16, heads=2, layers=2, eos_id=39,
+        pool_type=pool_type, proj_type=proj_type,
+    )  # fmt: skip
+    vision_cfg = open_clip.model.CLIPVisionCfg(
+        layers=1, width=16, head_width=8, patch_size=8, image_size=16
+    )
+    clip = open_clip.model.CLIP(embed_dim=12, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
+    tokens = torch.randint(1, 39, (3, 8))
+    tokens[0, 3:], tokens[1, 6:] = 0, 0  # padded prompts of different lengths
+    tokens[0, 2], tokens[1, 5], tokens[2, 7] = 39, 39, 39  # end-of-text, the highest id
+    with torch.no_grad():
+        expected = clip.encode_text(tokens)
+        got = TextTower(clip).eval()(tokens)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected)

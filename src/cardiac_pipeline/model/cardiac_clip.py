@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,13 +60,16 @@ class TextTower(nn.Module):
     """The text half of an open_clip model, held without its image tower.
 
     For the standard ``CLIP`` class the text modules live on the model itself; they are taken
-    over here under the same names so open_clip's own ``CLIP.encode_text`` runs on them.
+    over here under the same names (so checkpoints keep their keys) and run by this module's
+    own forward: open_clip's ``CLIP.encode_text`` is a method of ``CLIP``, not of this tower.
     """
+
+    POOL_TYPES = ("argmax", "eos", "first", "last")
 
     def __init__(self, clip_model: nn.Module):
         super().__init__()
         self.custom_text = hasattr(clip_model, "text")
-        if self.custom_text:  # CustomTextCLIP / CoCa: a separate text module
+        if self.custom_text:  # CustomTextCLIP / CoCa: a separate text module with its forward
             self.text = clip_model.text
             return
         self.token_embedding = clip_model.token_embedding
@@ -77,12 +79,41 @@ class TextTower(nn.Module):
         self.text_projection = clip_model.text_projection
         self.text_pool_type = clip_model.text_pool_type
         self.text_eos_id = getattr(clip_model, "text_eos_id", None)
+        if self.text_pool_type not in self.POOL_TYPES:
+            raise ValueError(
+                f"text pool type {self.text_pool_type!r} of this backbone is not supported; "
+                f"use an architecture whose text_cfg.pool_type is one of {self.POOL_TYPES}"
+            )
+        if self.text_pool_type == "eos" and self.text_eos_id is None:
+            raise ValueError("text pool type 'eos' needs the backbone's text eos_id; it has none")
         self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
 
+    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """One vector per prompt: the end-of-text token's (argmax: EOT has the highest id)."""
+        if self.text_pool_type == "first":
+            return x[:, 0]
+        if self.text_pool_type == "last":
+            return x[:, -1]
+        if self.text_pool_type == "argmax":
+            index = tokens.argmax(dim=-1)
+        else:  # "eos": the first position holding the tokenizer's end-of-sequence id
+            index = (tokens == self.text_eos_id).int().argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), index]
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [N, context] -> text embeddings [N, embed_dim] (not normalised)."""
         if self.custom_text:
             return self.text(tokens)
-        return open_clip.model.CLIP.encode_text(self, tokens)
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast_dtype)  # [N, context, width]
+        x = x + self.positional_embedding.to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)  # causal mask: tokens see only the past
+        x = self._pool(self.ln_final(x), tokens)
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
 
 
 class CardiacCLIP(nn.Module):
