@@ -41,6 +41,8 @@ def test_parallel_runner_gives_the_sequential_metrics_and_one_nested_run_per_mod
     kedro_project.set_params(PARALLEL)
     _run(kedro_project)
     sequential = _metrics(kedro_project.path)
+    # a fresh work folder: the parallel run trains again instead of resuming finished runs
+    kedro_project.set_params({"training": {"work_dir": "data/06_models/work_parallel"}})
     _run(kedro_project, runner=ParallelRunner(max_workers=2))
     parallel = _metrics(kedro_project.path)
 

@@ -25,7 +25,9 @@ def weights_file(tmp_path):
     from cardiac_pipeline.model.pretrain import save_pretrained_checkpoint
 
     path = tmp_path / "weights.pt"
-    save_pretrained_checkpoint(create_backbone("echo-vit-tiny", seed=0), "echo-vit-tiny", path, {})
+    save_pretrained_checkpoint(
+        create_backbone("echo-vit-tiny", seed=0).model, "echo-vit-tiny", path, {}
+    )
     return path
 
 

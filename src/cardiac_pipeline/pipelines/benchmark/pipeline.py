@@ -95,12 +95,18 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
     )
     backbone = ["pretrained_backbone"] if pretraining else []
     zero_shot = [
-        Node(
-            _bound(predict_zero_shot, method=m),
-            inputs=["clip_store", "video_index", "params:benchmark", *RECIPE, *backbone],
-            outputs="predictions",
-            name="predict",
+        Pipeline(
+            [
+                Node(
+                    _bound(predict_zero_shot, method=m),
+                    inputs=["clip_store", "video_index", "params:benchmark", *RECIPE, *backbone],
+                    outputs="predictions",
+                    name="predict",
+                )
+            ],
             namespace=f"{NAMESPACE}.{m}",
+            inputs={"clip_store", "video_index", *backbone},
+            parameters={"params:benchmark", *RECIPE},
         )
         for m in methods
         if kinds[m] == "zero_shot"
