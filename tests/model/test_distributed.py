@@ -13,14 +13,25 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from cardiac_pipeline.model import distributed
+from cardiac_pipeline.model.losses import text_to_video_kl
 from cardiac_pipeline.model.train import TrainConfig, fit
 from tests.model.test_train import (
+    BIN_EDGES,
     LRS,
     FakeClipModel,
     ToyEchoDataset,
     fake_loss,
     fake_param_groups,
 )
+
+
+def batch_loss(output, ef_target, **weights):
+    """The toy loss plus CardiacCLIP's text-to-video KL: a softmax over the batch's videos,
+    so a process's shard alone would give another loss than the global batch."""
+    loss, parts = fake_loss(output, ef_target, **weights)
+    kl = text_to_video_kl(output.logits.float(), torch.bucketize(ef_target, BIN_EDGES))
+    return loss + kl, {**parts, "kl": float(kl.detach())}
+
 
 # (name, config overrides): plain steps, and accumulated windows with clipping (DDP's no_sync)
 RUNS = {
@@ -44,7 +55,7 @@ def _fit(out: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], list[
         ToyEchoDataset(4, mode="eval", data_seed=1),
         config,
         out,
-        loss_fn=fake_loss,
+        loss_fn=batch_loss,
         param_groups_fn=fake_param_groups,
         on_epoch_end=lambda epoch, metrics: calls.append(epoch),
         progress=False,
