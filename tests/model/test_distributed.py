@@ -81,6 +81,15 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             state, calls, result = _fit(Path(root) / name, _config(**overrides))
             report = {"state": state, "calls": calls, "val_mae": result.history["val_mae"].tolist()}
             torch.save(report, Path(root) / f"{name}-rank{rank}.pt")
+        # a 2-process run stopped after epoch 1 and resumed, against one run straight through
+        whole = _config(batch_size=4, schedule_epochs=2)
+        straight, _, _ = _fit(Path(root) / "straight", whole)
+        _fit(Path(root) / "resumed", _config(batch_size=4, epochs=1, schedule_epochs=2))
+        resumed, calls, _ = _fit(Path(root) / "resumed", whole)
+        torch.save(
+            {"straight": straight, "resumed": resumed, "calls": calls},
+            Path(root) / f"resume-rank{rank}.pt",
+        )
     finally:
         distributed.shutdown()
 
@@ -130,6 +139,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
         # only rank 0 reports epochs (MLflow, logs)
         assert ranks[0]["calls"] == calls == [1, 2] and ranks[1]["calls"] == []
 
+    for rank in (0, 1):
+        resume = torch.load(ddp / f"resume-rank{rank}.pt", weights_only=True)
+        assert resume["calls"] == ([2] if rank == 0 else [])  # only epoch 2 ran again
+        for key, value in resume["straight"].items():
+            torch.testing.assert_close(resume["resumed"][key], value)
+
 
 def test_shards_of_a_step_make_the_one_process_batch() -> None:
     dataset = list(range(10))
@@ -163,3 +178,14 @@ def test_single_process_helpers_are_no_ops() -> None:
     model = torch.nn.Linear(2, 1)
     assert distributed.wrap(model, torch.device("cpu")) is model
     assert not distributed.init_from_env("cpu")  # no WORLD_SIZE: nothing to join
+
+
+def test_train_command_reads_runtime_params_as_kedro_run_does() -> None:
+    from cardiac_pipeline.__main__ import _parse_train_args, _runtime_params
+
+    args = _parse_train_args(["--k", "2", "--seed", "1", "--params", "training.epochs=5,a.b.c=x"])
+    assert (args.k, args.seed, args.out) == (2, 1, None)
+    assert _runtime_params(args.params) == {"training": {"epochs": 5}, "a": {"b": {"c": "x"}}}
+    assert _runtime_params("backbone.pretrained=null") == {"backbone": {"pretrained": None}}
+    with pytest.raises(ValueError, match="key=value"):
+        _runtime_params("training.epochs")
