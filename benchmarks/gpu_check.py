@@ -123,8 +123,10 @@ def main() -> bool:
     dataset = RandomClips(args.steps * config.batch_size, args.frames, args.size)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-        result = fit(model, dataset, None, config, Path(work), progress=False)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as own:
+        work = Path(distributed.broadcast_object(own))  # one checkpoint folder: rank 0's
+        result = fit(model, dataset, None, config, work, progress=False)
+        distributed.barrier()  # every rank has read best.pt before rank 0 removes it
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else math.nan
     batch = torch.utils.data.default_collate([dataset[i] for i in range(args.batch)])
     flops = step_flops(model, batch, config)

@@ -13,14 +13,25 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from cardiac_pipeline.model import distributed
+from cardiac_pipeline.model.losses import text_to_video_kl
 from cardiac_pipeline.model.train import TrainConfig, fit
 from tests.model.test_train import (
+    BIN_EDGES,
     LRS,
     FakeClipModel,
     ToyEchoDataset,
     fake_loss,
     fake_param_groups,
 )
+
+
+def batch_loss(output, ef_target, **weights):
+    """The toy loss plus CardiacCLIP's text-to-video KL: a softmax over the batch's videos,
+    so a process's shard alone would give another loss than the global batch."""
+    loss, parts = fake_loss(output, ef_target, **weights)
+    kl = text_to_video_kl(output.logits.float(), torch.bucketize(ef_target, BIN_EDGES))
+    return loss + kl, {**parts, "kl": float(kl.detach())}
+
 
 # (name, config overrides): plain steps, and accumulated windows with clipping (DDP's no_sync)
 RUNS = {
@@ -44,7 +55,7 @@ def _fit(out: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], list[
         ToyEchoDataset(4, mode="eval", data_seed=1),
         config,
         out,
-        loss_fn=fake_loss,
+        loss_fn=batch_loss,
         param_groups_fn=fake_param_groups,
         on_epoch_end=lambda epoch, metrics: calls.append(epoch),
         progress=False,
@@ -70,6 +81,15 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             state, calls, result = _fit(Path(root) / name, _config(**overrides))
             report = {"state": state, "calls": calls, "val_mae": result.history["val_mae"].tolist()}
             torch.save(report, Path(root) / f"{name}-rank{rank}.pt")
+        # a 2-process run stopped after epoch 1 and resumed, against one run straight through
+        whole = _config(batch_size=4, schedule_epochs=2)
+        straight, _, _ = _fit(Path(root) / "straight", whole)
+        _fit(Path(root) / "resumed", _config(batch_size=4, epochs=1, schedule_epochs=2))
+        resumed, calls, _ = _fit(Path(root) / "resumed", whole)
+        torch.save(
+            {"straight": straight, "resumed": resumed, "calls": calls},
+            Path(root) / f"resume-rank{rank}.pt",
+        )
     finally:
         distributed.shutdown()
 
@@ -119,6 +139,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
         # only rank 0 reports epochs (MLflow, logs)
         assert ranks[0]["calls"] == calls == [1, 2] and ranks[1]["calls"] == []
 
+    for rank in (0, 1):
+        resume = torch.load(ddp / f"resume-rank{rank}.pt", weights_only=True)
+        assert resume["calls"] == ([2] if rank == 0 else [])  # only epoch 2 ran again
+        for key, value in resume["straight"].items():
+            torch.testing.assert_close(resume["resumed"][key], value)
+
 
 def test_shards_of_a_step_make_the_one_process_batch() -> None:
     dataset = list(range(10))
@@ -152,3 +178,14 @@ def test_single_process_helpers_are_no_ops() -> None:
     model = torch.nn.Linear(2, 1)
     assert distributed.wrap(model, torch.device("cpu")) is model
     assert not distributed.init_from_env("cpu")  # no WORLD_SIZE: nothing to join
+
+
+def test_train_command_reads_runtime_params_as_kedro_run_does() -> None:
+    from cardiac_pipeline.__main__ import _parse_train_args, _runtime_params
+
+    args = _parse_train_args(["--k", "2", "--seed", "1", "--params", "training.epochs=5,a.b.c=x"])
+    assert (args.k, args.seed, args.out) == (2, 1, None)
+    assert _runtime_params(args.params) == {"training": {"epochs": 5}, "a": {"b": {"c": "x"}}}
+    assert _runtime_params("backbone.pretrained=null") == {"backbone": {"pretrained": None}}
+    with pytest.raises(ValueError, match="key=value"):
+        _runtime_params("training.epochs")

@@ -436,3 +436,16 @@ def test_seed_and_device_helpers() -> None:
             resolve_device("cuda")
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="sgd")
+
+
+def test_one_schedule_for_pretraining_and_adaptation() -> None:
+    from cardiac_pipeline.model import pretrain
+    from cardiac_pipeline.model.train import lr_factor
+
+    assert pretrain.lr_factor is lr_factor and pretrain.resolve_device is resolve_device
+    floor = lr_factor(total_steps=10, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
+    assert [floor(s) for s in (0, 1)] == pytest.approx([0.5, 1.0])
+    assert floor(6) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
+    assert floor(10) == pytest.approx(0.1) and floor(50) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(10, 0, "step")  # type: ignore[arg-type]

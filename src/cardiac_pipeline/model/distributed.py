@@ -10,14 +10,17 @@ every helper here is then a no-op, so one code path serves both.
 
 The global batch (``TrainConfig.batch_size``) is split over the processes, so a recipe gives
 the same optimisation on any number of GPUs: the processes' shards of one step make the
-one-process batch, and averaging their mean losses' gradients gives its gradient (up to
-float rounding; exactly so when the batch divides the training set and the model has no
-dropout, since each process draws its own dropout masks).
+one-process batch, and the loss is computed on that whole batch (``gather_batch`` joins the
+model outputs), so batch-level terms such as CardiacCLIP's text-to-video KL (a softmax
+over the batch's videos) see the same videos as in one process. The result equals one
+process's up to float rounding when the batch divides the training set and the model has
+no dropout (each process draws its own masks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -102,6 +105,35 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_batch(value: Any) -> Any:
+    """``value`` joined over the processes along the batch (dim 0), in rank order.
+
+    A tensor, or a dataclass of tensors (the model's output; other fields kept as they
+    are). This process's part keeps its autograd graph, the others' come without: the
+    gradient of a loss on the result, times the number of processes, then averaged by DDP,
+    is the gradient of that loss on the global batch. Every process's batch must have the
+    same size (``EpochSampler`` pads the epoch so that they do).
+    """
+    if not is_active():
+        return value
+    if isinstance(value, torch.Tensor):
+        parts = [torch.empty_like(value) for _ in range(world_size())]
+        dist.all_gather(parts, value.detach().contiguous())
+        parts[rank()] = value
+        return torch.cat(parts)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        joined = {
+            f.name: gather_batch(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if isinstance(getattr(value, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(value, **joined)
+    raise TypeError(
+        f"cannot gather a {type(value).__name__} over processes: the model must return a "
+        "tensor or a dataclass of tensors"
+    )
 
 
 def per_process_batch(global_batch: int) -> int:

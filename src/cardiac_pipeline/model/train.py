@@ -810,8 +810,9 @@ def _train_step(
     """Forward and backward of one micro-batch; the optimiser steps when its window ends.
 
     The loss is divided by its window's length, so an accumulated window gives the
-    gradient of its mean loss; in a group the gradients are averaged over the processes
-    once per window (the others skip DDP's all-reduce).
+    gradient of its mean loss. In a group the loss is that of the global batch (the
+    outputs of every process joined) and the gradients are averaged over the processes
+    once per window (the other micro-batches skip DDP's all-reduce).
     """
     config, device = loop.config, loop.device
     window_start = (batch_idx // config.grad_accum_steps) * config.grad_accum_steps
@@ -823,6 +824,11 @@ def _train_step(
     with distributed.no_sync(loop.net, skip_sync=not window_ends):
         with _autocast(device, loop.amp_dtype):
             output = loop.net(clips)
+            # in a group: the loss of the global batch, on every rank
+            output, ef_target = (
+                distributed.gather_batch(output),
+                distributed.gather_batch(ef_target),
+            )
             loss, parts = loop.loss_fn(output, ef_target, **weights)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -830,6 +836,8 @@ def _train_step(
                 f"epoch {epoch}, batch {batch_idx}: non-finite loss {loss_value} "
                 f"(videos {list(batch.get('file_name', []))})"
             )
+        if distributed.is_active():  # this rank's share of the gradient; DDP averages
+            loss = loss * distributed.world_size()
         (loss / window).backward()
     if window_ends:
         _optimizer_step(loop)
