@@ -3,8 +3,11 @@
 from kedro.config import OmegaConfigLoader
 
 from cardiac_pipeline.hooks import MlflowTrackingHook
+from cardiac_pipeline.validation import ValidationHook
 
-HOOKS = (MlflowTrackingHook(),)
+# pluggy calls the last registered first: parameters and inputs are checked before the
+# MLflow run opens (validation.py)
+HOOKS = (MlflowTrackingHook(), ValidationHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cardiac_pipeline.echo.discs import tracing_volumes
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.echo.video import (
     VideoReadError,
     VideoTruncatedError,
@@ -72,7 +73,7 @@ _REASON_LABELS = {
 }
 
 
-class EchoNetFormatError(ValueError):
+class EchoNetFormatError(UserError):
     """A folder or CSV that does not follow the EchoNet format; the message names the file."""
 
 
