@@ -377,7 +377,8 @@ def _convert(value: Any, hint: Any, path: str, metadata: Mapping[str, Any]) -> A
         items = args[:1] if origin is list or (args and args[-1] is Ellipsis) else args
         items = items * len(value) if len(items) == 1 else items
         return [
-            _convert(v, t, f"{path}[{i}]", metadata) for i, (v, t) in enumerate(zip(value, items))
+            _convert(v, t, f"{path}[{i}]", metadata)
+            for i, (v, t) in enumerate(zip(value, items, strict=True))
         ]
     if origin is dict:
         if not isinstance(value, Mapping):

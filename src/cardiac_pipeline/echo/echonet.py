@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from cardiac_pipeline.echo.discs import tracing_volumes
-from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.echo.video import (
     VideoReadError,
     VideoTruncatedError,
     check_video,
 )
+from cardiac_pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 

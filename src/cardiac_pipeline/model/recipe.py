@@ -198,7 +198,7 @@ def train_on_split(
     ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
     check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
-    seed = int(training.get("seed", 0))
+    seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
     if training.get("select_start") and not starts_pretrained(arch):
         logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
         training = {**training, "select_start": False}

@@ -176,10 +176,20 @@ def evaluate_fewshot_models(
 
 def summarise_fewshot(fewshot_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:
     """Mean and SD over seeds per (method, k): a CSV, a markdown table and MAE-versus-k plot."""
-    summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
-    markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
-    figure = plots.mae_vs_k(summary)
-    log_metrics({f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    if fewshot_metrics["k"].isna().all():  # a user split file: one model, no k grid
+        summary = summarise_over_seeds(fewshot_metrics, ["method"], METRIC_COLUMNS)
+        markdown = format_mean_sd(summary, ["method"], METRIC_COLUMNS)
+        figure = plots.mae_by_range_bar(
+            summary, "Test MAE per method (split file)", "method", "mae_mean", "n", "mae_sd"
+        )
+        log_metrics({f"{row.method}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    else:
+        summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
+        markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
+        figure = plots.mae_vs_k(summary)
+        log_metrics(
+            {f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()}
+        )
     if mlflow.active_run() is not None:
         _log_table(summary, "fewshot_summary.csv")
         _log_figure(figure, "plots/mae_vs_k.png")
