@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cardiac_pipeline.config import FewshotConfig, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
@@ -32,7 +33,7 @@ from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40"]
-FEWSHOT_KEYS = ("shots", "seeds", "val_size", "val_seed", "split_file")
+FEWSHOT_KEYS = keys_of(FewshotConfig)
 
 
 def split_name(k: int, seed: int) -> str:

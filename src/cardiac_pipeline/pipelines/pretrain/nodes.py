@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from cardiac_pipeline.config import PretrainConfig, keys_of
 from cardiac_pipeline.datasets import ClipStoreRequest, SyntheticRequest
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
@@ -106,7 +107,7 @@ def request_pretraining(
         )
     table = table[~no_report].sort_values("FileName").reset_index(drop=True)
     logger.info("Pretraining on %d video-report pairs", len(table))
-    check_keys("pretrain", pretrain, {*TRAINING_KEYS, "arch", "corpus", "device", "progress"})
+    check_keys("pretrain", pretrain, keys_of(PretrainConfig))
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
     arch = str(pretrain["arch"])
     config = {
