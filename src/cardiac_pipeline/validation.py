@@ -22,7 +22,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from cardiac_pipeline.config import ProjectConfig, build_config
+from cardiac_pipeline.config import PredictConfig, ProjectConfig, build_config
 from cardiac_pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def check_run(
     elif "params:benchmark" in reads and file_list is not None:
         _check_has_train_videos(file_list, config.echonet_root, "benchmark")
     if "params:predict" in reads:
-        check_predict_inputs(config)
+        check_predict_inputs(config.predict)
     return config
 
 
@@ -107,11 +107,10 @@ def _check_has_train_videos(file_list: Any, root: str, pipeline: str) -> None:
     raise UserError(f"echonet_root {root!r}: FileList.csv has no TRAIN video ({found}); {fix}")
 
 
-def check_predict_inputs(config: ProjectConfig) -> None:
+def check_predict_inputs(predict: PredictConfig) -> None:
     """``predict.input_dir`` holds at least one video; the model to use is there."""
     from cardiac_pipeline.echo.inputs import list_videos
 
-    predict = config.predict
     if not predict.input_dir:
         raise UserError(
             "predict.input_dir is not set: kedro run --pipeline predict "
