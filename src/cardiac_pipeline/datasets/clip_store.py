@@ -10,8 +10,6 @@ run built, so downstream nodes load that one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store, store_key
+from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write, build_clip_store, store_key
 
 
 @dataclass
@@ -45,10 +43,8 @@ class ClipStoreDataset(AbstractDataset[ClipStoreRequest, ClipStore]):
         build_clip_store(data.index, root, size=data.size, workers=data.workers, **data.options)
         pointer = {"key": key, "echonet_root": str(data.echonet_root), "size": data.size}
         self._path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._path, prefix=".current.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(pointer, f, indent=2)
-        os.replace(tmp, self._path / "current.json")
+        text = json.dumps(pointer, indent=2).encode()
+        atomic_write(self._path / "current.json", lambda f: f.write(text), fsync=True)
 
     def load(self) -> ClipStore:
         pointer = self._path / "current.json"
