@@ -181,6 +181,6 @@ class ValidationHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         parameters = catalog.load("parameters")
         self.config = check_run(
-            parameters, reads=set(pipeline.datasets()), writes=set(pipeline.all_outputs())
+            parameters, reads=set(pipeline.all_inputs()), writes=set(pipeline.all_outputs())
         )
         logger.info("parameters and inputs checked")
