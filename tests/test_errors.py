@@ -91,3 +91,6 @@ def test_project_cli_keeps_every_option_of_kedro_run() -> None:
 
     ours = cli.cli.commands["run"]
     assert [p.name for p in ours.params] == [p.name for p in run.params]
+    from kedro.framework.cli.utils import find_run_command
+
+    assert find_run_command("cardiac_pipeline") is ours  # python -m cardiac_pipeline

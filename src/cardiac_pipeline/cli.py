@@ -29,12 +29,12 @@ def _run(**kwargs: Any) -> Any:
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 
-cli.add_command(
-    click.Command(
-        name="run",
-        callback=_run,
-        params=list(kedro_run.params),
-        help=kedro_run.help,
-        short_help=kedro_run.short_help,
-    )
+# module-level ``run``: what ``python -m cardiac_pipeline`` (kedro's find_run_command) calls
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=list(kedro_run.params),
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
 )
+cli.add_command(run)

@@ -337,7 +337,7 @@ def build_section(cls: type, values: Mapping[str, Any] | None, where: str) -> An
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a dataclass's own checks (TrainConfig ranges)
         message = str(exc).replace("TrainConfig.", f"{where}.")
-        raise UserError(f"parameters {where!r}: {message}") from None
+        raise UserError(f"parameters {where!r}: {message}; fix it in conf/ or --params") from None
 
 
 def _convert(value: Any, hint: Any, path: str, metadata: Mapping[str, Any]) -> Any:
@@ -405,10 +405,15 @@ def _scalar(value: Any, hint: Any, path: str, metadata: Mapping[str, Any]) -> An
         raise _wrong(path, value, hint.__name__)
     minimum = metadata.get("minimum")
     if minimum is not None and hint in (int, float) and value < minimum:
-        raise UserError(f"parameter {path!r}: must be >= {minimum}, got {value!r}")
+        raise UserError(
+            f"parameter {path!r}: must be >= {minimum}, got {value!r}; fix it in conf/ or --params"
+        )
     choices = metadata.get("choices")
     if choices and value not in choices:
-        raise UserError(f"parameter {path!r}: {value!r} is not one of {', '.join(choices)}")
+        raise UserError(
+            f"parameter {path!r}: {value!r} is not one of {', '.join(map(str, choices))}; "
+            "fix it in conf/ or --params"
+        )
     return value
 
 
