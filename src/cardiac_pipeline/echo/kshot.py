@@ -81,6 +81,12 @@ def k_shot_split(
     frame = index.assign(Split=split).sort_values("FileName", kind="stable")
 
     train = frame[frame["Split"] == "TRAIN"]
+    if train.empty:
+        raise UserError(
+            "the video index has no usable TRAIN video (none in FileList.csv's Split, or all "
+            "rejected at ingestion: see video_rejects); give the split with "
+            "--params=fewshot.split_file=/path/split.csv (FileName,Split)"
+        )
     if train["EF"].isna().any():
         bad = train.loc[train["EF"].isna(), "FileName"].tolist()
         raise ValueError(f"TRAIN videos without EF: {bad[:10]}")
