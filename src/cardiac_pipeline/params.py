@@ -11,6 +11,8 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cardiac_pipeline.errors import UserError
+
 
 def check_keys(
     section: str,
@@ -18,15 +20,18 @@ def check_keys(
     allowed: Iterable[str],
     moved: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise ``ValueError`` naming every key of ``values`` that is not in ``allowed``.
+    """Raise ``UserError`` naming every key of ``values`` that is not in ``allowed``.
 
     ``section`` is the parameter path shown to the user (``training``,
-    ``benchmark.methods.cardiac_clip``); ``moved`` maps retired keys to where they went.
+    ``benchmark.methods.cardiac_clip``; empty for the top level, whose keys are the
+    sections); ``moved`` maps retired keys to where they went.
     """
     if values is None:
         return
+    where = f"parameters {section!r}" if section else "parameters"
+    what = "key(s)" if section else "section(s)"
     if not isinstance(values, Mapping):
-        raise ValueError(f"parameters {section!r}: expected a mapping, got {values!r}")
+        raise UserError(f"{where}: expected a mapping of keys to values, got {values!r}")
     allowed = sorted(set(allowed))
     problems = []
     for key in values:
@@ -38,7 +43,7 @@ def check_keys(
         close = difflib.get_close_matches(str(key), allowed, n=1)
         problems.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     if problems:
-        raise ValueError(
-            f"parameters {section!r}: unknown key(s) {'; '.join(problems)}. "
-            f"Known keys: {', '.join(allowed)}"
+        raise UserError(
+            f"{where}: unknown {what} {'; '.join(problems)}; "
+            f"fix the spelling in conf/ or --params (known: {', '.join(allowed)})"
         )

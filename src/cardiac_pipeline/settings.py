@@ -4,9 +4,12 @@ from kedro.config import OmegaConfigLoader
 
 from cardiac_pipeline.hooks import MlflowTrackingHook
 from cardiac_pipeline.pipeline_registry import ProjectParametersHook
+from cardiac_pipeline.validation import ValidationHook
 
-# ProjectParametersHook: the pipelines are built from the run's parameters (the grid)
-HOOKS = (MlflowTrackingHook(), ProjectParametersHook())
+# ProjectParametersHook: the pipelines are built from the run's parameters (the grid).
+# pluggy calls the last registered first: parameters and inputs are checked before the
+# MLflow run opens (validation.py)
+HOOKS = (MlflowTrackingHook(), ProjectParametersHook(), ValidationHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

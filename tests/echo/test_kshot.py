@@ -77,7 +77,7 @@ def test_val_subset_is_fixed_across_k_and_seed_and_test_is_complete(file_list):
 
 def test_unspecified_split_is_refused_with_a_pointer(file_list):
     index = file_list.assign(Split="UNSPECIFIED")
-    with pytest.raises(ValueError, match="read_split_file"):
+    with pytest.raises(ValueError, match="fewshot.split_file"):
         k_shot_split(index, k=1, seed=0)
 
 

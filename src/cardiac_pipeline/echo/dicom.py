@@ -211,12 +211,13 @@ def _frame_rate(ds, name: str, default_fps: float) -> float:
     return float(fps)
 
 
-def ultrasound_region(ds) -> tuple[int, int, int, int] | None:
+def ultrasound_region(ds, name: str = "DICOM") -> tuple[int, int, int, int] | None:
     """Bounds ``(x0, y0, x1, y1)`` (inclusive pixels) of the largest 2D image region.
 
     From SequenceOfUltrasoundRegions (0018,6011): the scanner's own statement of where the
     B-mode image lies, as opposed to its ECG (waveform) or spectral regions. None when the
-    sequence is absent or holds no 2D region.
+    sequence is absent or holds no 2D region. An item whose bounds do not read is skipped
+    with a warning naming ``name`` (the file) and the error type, never header values.
     """
     best: tuple[int, int, int, int] | None = None
     best_area = 0
@@ -233,7 +234,12 @@ def ultrasound_region(ds) -> tuple[int, int, int, int] | None:
                     "RegionLocationMaxY1",
                 )
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning(
+                "%s: an ultrasound region's bounds do not read (%s); region ignored",
+                name,
+                exc.__class__.__name__,
+            )
             continue
         area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
         if box[2] >= box[0] and box[3] >= box[1] and area > best_area:
@@ -499,8 +505,14 @@ def read_dicom_video(
     if use_ultrasound_regions:
         with _quiet_pydicom(name):
             try:
-                region = ultrasound_region(ds)
-            except Exception:
+                region = ultrasound_region(ds, name)
+            except Exception as exc:  # a malformed sequence: the sector is found without it
+                logger.warning(
+                    "%s: SequenceOfUltrasoundRegions does not read (%s); finding the sector "
+                    "in the whole image",
+                    name,
+                    exc.__class__.__name__,
+                )
                 region = None
     frames = _decode_rgb(ds, name, n_frames)
     try:

@@ -23,6 +23,7 @@ from cardiac_pipeline.echo.video import (
     VideoTruncatedError,
     check_video,
 )
+from cardiac_pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ _REASON_LABELS = {
 }
 
 
-class EchoNetFormatError(ValueError):
+class EchoNetFormatError(UserError):
     """A folder or CSV that does not follow the EchoNet format; the message names the file."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cardiac_pipeline.echo.discs import strip_video_suffix
+from cardiac_pipeline.errors import UserError
 
 SPLIT_COLUMNS = ["FileName", "EF", "Split", "role", "k", "seed"]
 ROLES = ("train", "val", "test")
@@ -73,13 +74,19 @@ def k_shot_split(
     split = index["Split"].astype(str).str.upper()
     unknown = sorted(set(split) - set(_ROLE_OF_SPLIT))
     if unknown:
-        raise ValueError(
-            f"video index has Split values {unknown}; the k-shot protocol needs TRAIN/VAL/TEST "
-            "(give a split file with read_split_file for data without a Split column)"
+        raise UserError(
+            f"FileList.csv has Split values {unknown}; the k-shot protocol needs TRAIN/VAL/TEST: "
+            "give the split with --params=fewshot.split_file=/path/split.csv (FileName,Split)"
         )
     frame = index.assign(Split=split).sort_values("FileName", kind="stable")
 
     train = frame[frame["Split"] == "TRAIN"]
+    if train.empty:
+        raise UserError(
+            "the video index has no usable TRAIN video (none in FileList.csv's Split, or all "
+            "rejected at ingestion: see video_rejects); give the split with "
+            "--params=fewshot.split_file=/path/split.csv (FileName,Split)"
+        )
     if train["EF"].isna().any():
         bad = train.loc[train["EF"].isna(), "FileName"].tolist()
         raise ValueError(f"TRAIN videos without EF: {bad[:10]}")
@@ -103,6 +110,45 @@ def k_shot_split(
     return _finish(chosen, k, seed)
 
 
+def read_split_table(path: str | os.PathLike) -> tuple[pd.Series, pd.Series]:
+    """FileNames (video suffix stripped) and roles (train/val/test) of a split CSV.
+
+    Checks what needs no video index: the file reads as CSV, has ``FileName`` and
+    ``Split``, every Split is TRAIN/VAL/TEST, no FileName twice, at least one TRAIN row.
+    Each problem is a ``UserError`` naming the file and the rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"fewshot.split_file {str(path)!r}: file not found; give a CSV of FileName,Split "
+            "(TRAIN, VAL or TEST per video)"
+        )
+    try:
+        table = pd.read_csv(path, encoding="utf-8-sig", dtype={"FileName": str, "Split": str})
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: cannot read split file ({' '.join(str(exc).split())}); "
+            "it must be a CSV of FileName,Split"
+        ) from None
+    missing = {"FileName", "Split"} - set(table.columns)
+    if missing:
+        raise UserError(
+            f"{path}: split file lacks columns {sorted(missing)}; it must be a CSV of "
+            f"FileName,Split (has {list(table.columns)})"
+        )
+    names = table["FileName"].astype(str).str.strip().map(strip_video_suffix)
+    roles = table["Split"].astype(str).str.strip().str.upper().map(_ROLE_OF_SPLIT)
+    if roles.isna().any():
+        bad = table.loc[roles.isna(), ["FileName", "Split"]].head(10).to_dict("records")
+        raise UserError(f"{path}: Split must be TRAIN, VAL or TEST; bad rows: {bad}")
+    duplicated = names[names.duplicated()].unique().tolist()
+    if duplicated:
+        raise UserError(f"{path}: FileNames listed more than once: {duplicated[:10]}")
+    if not (roles == "train").any():
+        raise UserError(f"{path}: no row has Split TRAIN; the model needs training videos")
+    return names, roles
+
+
 def read_split_file(
     path: str | os.PathLike,
     index: pd.DataFrame,
@@ -120,27 +166,13 @@ def read_split_file(
     """
     path = Path(path)
     _check_index(index)
-    try:
-        table = pd.read_csv(path, encoding="utf-8-sig", dtype={"FileName": str, "Split": str})
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read split file ({exc})") from exc
-    missing = {"FileName", "Split"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: split file lacks columns {sorted(missing)}")
-    names = table["FileName"].astype(str).str.strip().map(strip_video_suffix)
-    roles = table["Split"].astype(str).str.strip().str.upper().map(_ROLE_OF_SPLIT)
-    if roles.isna().any():
-        bad = table.loc[roles.isna(), ["FileName", "Split"]].head(10).to_dict("records")
-        raise ValueError(f"{path}: Split must be TRAIN, VAL or TEST; bad rows: {bad}")
-    duplicated = names[names.duplicated()].unique().tolist()
-    if duplicated:
-        raise ValueError(f"{path}: FileNames listed more than once: {duplicated[:10]}")
+    names, roles = read_split_table(path)
     known = set(index["FileName"].astype(str))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"{path}: {len(unknown)} FileNames not in the video index (missing or rejected "
-            f"videos): {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+            f"videos, see video_rejects): {unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
         )
     by_name = index.assign(FileName=index["FileName"].astype(str)).set_index("FileName")
     chosen = pd.DataFrame(

@@ -11,6 +11,7 @@ the rest are predicted. Everything is deterministic: no randomness at inference.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -95,30 +96,62 @@ class InMemoryClipDataset(Dataset):
         }
 
 
-def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
-    """The first ``.pt`` (by name) of the newest version of a versioned checkpoint folder.
+def default_checkpoint(models_dir: str | os.PathLike) -> tuple[Path, str]:
+    """The model to use when none is named, and why: the newest run's best on VAL.
 
     ``models_dir`` is ``data/06_models/fewshot_models``: ``<version>/fewshot_models/*.pt``,
-    versions named by Kedro's sortable timestamps. A plain folder of ``.pt`` files works too.
+    one checkpoint per (k, seed), versions named by Kedro's sortable timestamps (a plain
+    folder of ``.pt`` files is one run). Among the newest run's checkpoints the one with the
+    lowest ``meta.best_val_mae`` (the VAL MAE of its selected epoch) wins: VAL is the only
+    labelled data model selection may look at, so TEST stays untouched. Ties, and
+    checkpoints without a VAL score (ranked last), go by natural name order (k1 before
+    k2 before k16).
     """
     root = Path(models_dir)
-    direct = sorted(root.glob("*.pt"))
-    if direct:
-        return direct[0]
-    versions = sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith("."))
-    for version in reversed(versions):
-        found = sorted(version.glob("*/*.pt")) or sorted(version.glob("*.pt"))
-        if found:
-            return found[0]
-    raise FileNotFoundError(
-        f"{root}: no checkpoint found (run the fewshot pipeline first, or give predict.model)"
-    )
+    run, found = root, sorted(root.glob("*.pt"))
+    if not found:
+        versions = sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith("."))
+        for version in reversed(versions):
+            found = sorted(version.glob("*/*.pt")) or sorted(version.glob("*.pt"))
+            if found:
+                run = version
+                break
+    if not found:
+        raise FileNotFoundError(
+            f"{root}: no checkpoint found (run the fewshot pipeline first, or give predict.model)"
+        )
+    scored = [(_val_mae(path), _natural(path.stem), path) for path in found]
+    mae, _, best = min(scored, key=lambda item: (item[0], item[1]))
+    where = f"fewshot run {run.name}" if run != root else root.name
+    if math.isfinite(mae):
+        why = f"lowest VAL MAE ({mae:.2f}) of the {len(found)} models of the newest {where}"
+    else:
+        why = f"first by name of the {len(found)} models of the newest {where} (no VAL score)"
+    return best, why
+
+
+def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
+    """The checkpoint ``default_checkpoint`` picks (a folder given as ``predict.model``)."""
+    return default_checkpoint(models_dir)[0]
+
+
+def _val_mae(path: Path) -> float:
+    try:
+        value = float((recipe.load_checkpoint(path).get("meta") or {}).get("best_val_mae"))
+    except (TypeError, ValueError):
+        return math.inf
+    return value if math.isfinite(value) else math.inf
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """``k16_seed0`` after ``k2_seed0``: digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The checkpoint dict and a description of where it came from.
 
-    ``model``: a checkpoint file; a folder (``latest_checkpoint``); ``runs:/<run id>``
+    ``model``: a checkpoint file; a folder (``default_checkpoint``); ``runs:/<run id>``
     (optionally ``/<artifact path>``), a bare 32-hex MLflow run id, or any MLflow artifact
     URI (``models:/...``, ``mlflow-artifacts:/...``) pointing at the ``.pt`` or at a folder
     holding ``cardiac_clip.pt``. MLflow reads the configured tracking store (set it first).

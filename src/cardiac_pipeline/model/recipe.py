@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
@@ -42,14 +43,9 @@ CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 logger = logging.getLogger(__name__)
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
 
-# The keys each conf section of a recipe may have (conf/base/parameters_fewshot.yml).
+# The keys each conf section of a recipe may have: the fields of its dataclass (config.py).
 RECIPE_KEYS: dict[str, frozenset[str]] = {
-    "backbone": frozenset({"name", "pretrained", "load_weights"}),
-    "cardiac_clip": frozenset({*MODEL_KWARGS, "method"}),
-    "clips": frozenset({*CLIP_SPEC_KWARGS, "augment_pad", "val_clips"}),
-    "training": frozenset({f.name for f in dataclasses.fields(TrainConfig)} | {"work_dir"})
-    - {"eval_batch_size"},
-    "evaluation": frozenset({"n_clips", "batch_size", "device", "attention_plot_videos"}),
+    name: keys_of(section) for name, section in RECIPE_SECTIONS.items()
 }
 _MOVED_KEYS = {"training": {"eval_batch_size": "evaluation.batch_size (VAL and TEST alike)"}}
 
@@ -198,7 +194,7 @@ def train_on_split(
     ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
     check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
-    seed = int(training.get("seed", 0))
+    seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
     if training.get("select_start") and not starts_pretrained(arch):
         logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
         training = {**training, "select_start": False}

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cardiac_pipeline.config import BenchmarkConfig, BenchmarkVariantConfig, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split
@@ -29,8 +30,8 @@ logger = logging.getLogger(__name__)
 METRICS = ["mae", "rmse", "r2", "auroc_ef_lt_50"]
 
 
-BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods")
-GRID_KEYS = ("shots", "seeds", "val_size", "methods", "recipe")
+BENCHMARK_KEYS = keys_of(BenchmarkConfig)
+GRID_KEYS = keys_of(BenchmarkVariantConfig)
 
 
 def _variant(benchmark: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cardiac_pipeline.config import FewshotConfig, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
@@ -35,7 +36,7 @@ from cardiac_pipeline.tracking import flatten_params, log_metrics, model_run
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40"]
-FEWSHOT_KEYS = ("shots", "seeds", "val_size", "val_seed", "split_file")
+FEWSHOT_KEYS = keys_of(FewshotConfig)
 
 
 USER_SPLIT = "user_split"  # the model trained on ``fewshot.split_file``
@@ -212,10 +213,20 @@ def combine_fewshot_metrics(*model_metrics: pd.DataFrame) -> pd.DataFrame:
 
 def summarise_fewshot(fewshot_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:
     """Mean and SD over seeds per (method, k): a CSV, a markdown table and MAE-versus-k plot."""
-    summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
-    markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
-    figure = plots.mae_vs_k(summary)
-    log_metrics({f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    if fewshot_metrics["k"].isna().all():  # a user split file: one model, no k grid
+        summary = summarise_over_seeds(fewshot_metrics, ["method"], METRIC_COLUMNS)
+        markdown = format_mean_sd(summary, ["method"], METRIC_COLUMNS)
+        figure = plots.mae_by_range_bar(
+            summary, "Test MAE per method (split file)", "method", "mae_mean", "n", "mae_sd"
+        )
+        log_metrics({f"{row.method}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    else:
+        summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
+        markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
+        figure = plots.mae_vs_k(summary)
+        log_metrics(
+            {f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()}
+        )
     if mlflow.active_run() is not None:
         _log_table(summary, "fewshot_summary.csv")
         _log_figure(figure, "plots/mae_vs_k.png")

@@ -2,8 +2,10 @@
 
 The model is ``predict.model``: a checkpoint path, an MLflow run id / ``runs:/<id>`` (its
 ``model/cardiac_clip.pt`` artifact, from the configured tracking store) or, when null, the
-first checkpoint of the newest version under ``predict.models_dir`` (the fewshot
-pipeline's output). Metrics and the tables/report go to the pipeline's MLflow run.
+model of the newest fewshot run under ``predict.models_dir`` with the lowest VAL MAE
+(``model.predict.default_checkpoint``); the log says which and why. A folder without a
+video is a ``UserError`` (exit status 2), not an empty result. Metrics and the
+tables/report go to the pipeline's MLflow run.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from cardiac_pipeline.config import PredictConfig, build_section
 from cardiac_pipeline.model.predict import (
-    latest_checkpoint,
+    default_checkpoint,
     predict_folder,
     prediction_report_html,
     resolve_checkpoint,
 )
 from cardiac_pipeline.tracking import log_metrics
+from cardiac_pipeline.validation import check_predict_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +36,13 @@ def predict_input_folder(
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Predictions, unreadable files, and per-video details (attention, frames, model)."""
-    if not predict.get("input_dir"):
-        raise ValueError(
-            "predict.input_dir is not set: kedro run --pipeline predict "
-            "--params=predict.input_dir=/path/to/videos"
-        )
-    model = predict.get("model") or latest_checkpoint(predict["models_dir"])
+    check_predict_inputs(build_section(PredictConfig, predict, "predict"))
+    if predict.get("model"):
+        model, why = predict["model"], "given as predict.model"
+    else:
+        model, why = default_checkpoint(predict["models_dir"])
     checkpoint, source = resolve_checkpoint(model)
-    logger.info("predict: model %s", source)
+    logger.info("predict: model %s (%s)", source, why)
     n_clips = predict.get("n_clips", 2)
     started = time.perf_counter()
     predictions, failures, attention = predict_folder(
@@ -61,7 +64,7 @@ def predict_input_folder(
     }
     log_metrics(metrics)
     if mlflow.active_run() is not None:
-        mlflow.set_tag("predict.model", source)
+        mlflow.set_tags({"predict.model": source, "predict.model_rule": why})
     logger.info(
         "predict: %d videos, %d unreadable, %.2f videos/s",
         len(predictions),

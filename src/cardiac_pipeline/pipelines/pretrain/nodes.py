@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from cardiac_pipeline.config import PretrainConfig, keys_of
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
 from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
@@ -37,7 +38,6 @@ TRAINING_KEYS = (
 # Spelt out in conf/base at these values, they are left out of the config hash: the
 # checkpoints pretrained before the keys existed stay current.
 NEUTRAL_DEFAULTS = {"warmup_epochs": 0.0, "lr_schedule": "constant"}
-PRETRAIN_KEYS = (*TRAINING_KEYS, "arch", "corpus", "corpus_root", "device", "progress")
 
 
 def generate_pretrain_corpus(pretrain: dict[str, Any]) -> Path:
@@ -107,7 +107,7 @@ def pretraining_config(
     pretrain: dict[str, Any], preprocessing: dict[str, Any], pairs: int
 ) -> dict[str, Any]:
     """What identifies a pretrained checkpoint (its ``meta.config``; hashed with the arch)."""
-    check_keys("pretrain", pretrain, PRETRAIN_KEYS)
+    check_keys("pretrain", pretrain, keys_of(PretrainConfig))
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
     return {
         "generator_version": GENERATOR_VERSION,

@@ -1,0 +1,96 @@
+"""`kedro run` on wrong input: one line on stderr, exit 2, no traceback; program errors keep theirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cardiac_pipeline import cli
+from cardiac_pipeline.errors import USER_ERROR_EXIT_CODE, UserError, one_line
+
+
+def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real CLI in a project copy, as a user types it."""
+    kedro = Path(sys.executable).with_name("kedro")
+    command = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
+    return subprocess.run(
+        [*command, "run", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_misspelt_section_through_kedro_run_is_one_line_and_exit_2(kedro_project) -> None:
+    result = kedro_run(kedro_project.path, "--pipeline", "fewshot", "--params=trainig.epochs=1")
+    assert result.returncode == USER_ERROR_EXIT_CODE
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], (
+        result.stderr
+    )  # exactly one line
+    assert result.stderr.startswith("Error: parameters: unknown section(s) 'trainig'")
+    assert "(did you mean 'training'?)" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Running node" not in result.stdout
+    assert not (kedro_project.path / "data").exists()
+
+
+@pytest.mark.slow
+def test_missing_echonet_root_through_kedro_run_creates_nothing(kedro_project, tmp_path) -> None:
+    missing = tmp_path / "EchoNet"
+    result = kedro_run(
+        kedro_project.path, "--pipelines=fewshot", f"--params=echonet_root={missing}"
+    )
+    assert result.returncode == USER_ERROR_EXIT_CODE
+    assert result.stderr.strip() == (
+        f"Error: echonet_root '{missing}': folder not found; give the folder holding "
+        "FileList.csv and Videos/ with --params=echonet_root=/path/to/folder "
+        "(conf/local/globals.yml to keep it)"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not missing.exists() and not (kedro_project.path / "data").exists()
+
+
+def _run_cli(monkeypatch: pytest.MonkeyPatch, error: BaseException):
+    def fail(**kwargs):
+        raise error
+
+    monkeypatch.setattr(cli.kedro_run, "callback", fail)
+    return CliRunner().invoke(cli.cli, ["run", "--pipelines", "fewshot"])
+
+
+def test_user_error_is_one_line_without_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run_cli(monkeypatch, UserError("training.epochs must be >= 1, got 0;\n fix it"))
+    assert result.exit_code == USER_ERROR_EXIT_CODE
+    assert result.output == "Error: training.epochs must be >= 1, got 0; fix it\n"
+    assert "Traceback" not in result.output
+
+
+def test_program_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run_cli(monkeypatch, ZeroDivisionError("a bug"))
+    assert isinstance(result.exception, ZeroDivisionError)  # raised on, not turned into a line
+    assert result.exit_code == 1
+
+
+def test_known_data_errors_are_user_errors() -> None:
+    from cardiac_pipeline.echo.echonet import EchoNetFormatError
+
+    assert issubclass(EchoNetFormatError, UserError) and issubclass(UserError, ValueError)
+    assert one_line(UserError("a\n  b")) == "a b"
+
+
+def test_project_cli_keeps_every_option_of_kedro_run() -> None:
+    from kedro.framework.cli.project import run
+
+    ours = cli.cli.commands["run"]
+    assert [p.name for p in ours.params] == [p.name for p in run.params]
+    from kedro.framework.cli.utils import find_run_command
+
+    assert find_run_command("cardiac_pipeline") is ours  # python -m cardiac_pipeline
