@@ -1,8 +1,9 @@
 """Nodes of the fewshot pipeline: k-shot splits -> CardiacCLIP per (k, seed) -> evaluation.
 
 Each (k, seed) is one MLflow run nested under the pipeline's run, tagged with k, seed and
-method; training logs per-epoch metrics there, evaluation reopens it for test metrics,
-plots, predictions and the model checkpoint.
+method; training logs per-epoch metrics there (a run resumed after a crash continues the
+same MLflow run), evaluation reopens it for test metrics, plots, predictions and the model
+checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from cardiac_pipeline.echo.metrics import (
 )
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.params import check_keys
-from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
+from cardiac_pipeline.tracking import (
+    child_run,
+    log_history,
+    log_metrics,
+    log_params,
+    model_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,26 +103,27 @@ def train_fewshot_models(
     for name, split in k_shot_splits.items():
         k, seed = recipe.split_k_seed(split)
         tags = {"k": k, "seed": seed, "method": cardiac_clip.get("method", "cardiac_clip")}
-        with child_run(name, tags) as run_id:
+        run_training = {**training, "seed": seed}
+        work_dir = recipe.work_folder(
+            clip_store, split, arch=arch, clips=clips, training=run_training
+        )
+        with model_run(work_dir, name, tags) as run_id:
             if run_id:
-                mlflow.log_params(
-                    flatten_params(
-                        {**arch, "clips": clips, "training": training, "k": k, "seed": seed}
-                    )
-                )
+                log_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
                 mlflow.log_metric("n_train", int((split["role"] == "train").sum()))
             checkpoint, result = recipe.train_on_split(
                 clip_store,
                 split,
                 arch=arch,
                 clips=clips,
-                training={**training, "seed": seed},
+                training=run_training,
                 eval_batch_size=int(evaluation.get("batch_size", 1)),
                 on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             )
             checkpoint["meta"]["mlflow_run_id"] = run_id
             checkpoint["meta"]["split"] = name
             if run_id:
+                log_history(result.history)
                 _log_figure(plots.training_curves(result.history), "plots/training_curves.png")
                 _log_table(result.history, "training_history.csv")
         models[name] = checkpoint

@@ -23,7 +23,7 @@ from cardiac_pipeline.model.predict import (
     prediction_report_html,
     resolve_checkpoint,
 )
-from cardiac_pipeline.tracking import log_metrics
+from cardiac_pipeline.tracking import log_metrics, loggable
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def predict_input_folder(
     }
     log_metrics(metrics)
     if mlflow.active_run() is not None:
-        mlflow.set_tag("predict.model", source)
+        mlflow.set_tag("predict.model", loggable(str(source)))
     logger.info(
         "predict: %d videos, %d unreadable, %.2f videos/s",
         len(predictions),
