@@ -103,7 +103,11 @@ def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     if experiment is None:
         artifact_location = config.get("artifact_location")
         if artifact_location and "://" not in artifact_location:
-            artifact_location = (project_path / artifact_location).resolve().as_uri()
+            # a folder of this machine, for a local store only: a server keeps its own
+            local = not uri.startswith(("http://", "https://", "databricks"))
+            artifact_location = (
+                (project_path / artifact_location).resolve().as_uri() if local else None
+            )
         experiment_id = client.create_experiment(
             name,
             artifact_location=artifact_location,
