@@ -78,3 +78,12 @@ def test_new_and_existing_experiments_open_on_model_training(tmp_path, monkeypat
     fresh = client.get_experiment_by_name("fresh").experiment_id
     assert kind(fresh) == kind(old) == hooks.EXPERIMENT_KIND == "custom_model_development"
     assert kind(chosen) == "finetuning"  # a kind chosen in the UI is kept
+
+
+def test_the_log_says_where_to_see_the_runs_without_a_full_path(project):
+    tracking.configure(project)
+    server = hooks.ui_hint("http://127.0.0.1:5000/", "3")
+    assert server == "see http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    local = hooks.ui_hint(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", "1")
+    assert "--backend-store-uri sqlite:///mlruns/mlflow.db" in local
+    assert str(project) not in local

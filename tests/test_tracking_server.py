@@ -74,9 +74,9 @@ def mlflow_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "start_s": time.perf_counter() - started,
         }
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()

@@ -33,7 +33,9 @@ DEFAULT_MLFLOW_CONFIG: dict[str, Any] = {
     "log_paths": "hash",
 }
 # The MLflow UI (3.x) opens an experiment on the page of its kind; without this tag it
-# guesses GenAI and shows an empty traces page instead of the training runs.
+# guesses GenAI and shows an empty traces page instead of the training runs. MLflow 3.17's
+# UI lets its own GenAI / Model training switch (remembered by the browser) decide instead;
+# ``?workflowType=machine_learning`` in the page address selects it (see ``ui_hint``).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -122,6 +124,16 @@ def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     return experiment_id
 
 
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """Where to see the runs (MLflow's UI starts on GenAI unless told "Model training")."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"see {tracking_uri.rstrip('/')}/{page}"
+    if tracking_uri.startswith("sqlite:///"):
+        tracking_uri = "sqlite:///" + tracking.loggable(tracking_uri[len("sqlite:///") :])
+    return f"see `mlflow ui --backend-store-uri {tracking_uri}`, page {page}"
+
+
 class MlflowTrackingHook:
     """Opens a parent MLflow run around each pipeline run and closes it with its status."""
 
@@ -170,7 +182,9 @@ class MlflowTrackingHook:
         if extra:
             mlflow.log_params(tracking.flatten_params(extra, "runtime."))
         tracking.publish_context(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
-        logger.info("MLflow run %s started (experiment %s)", name, self._config["experiment_name"])
+        logger.info(
+            "MLflow run %s started; %s", name, ui_hint(mlflow.get_tracking_uri(), experiment_id)
+        )
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
