@@ -1,9 +1,11 @@
 """MLflow tracking for every Kedro run.
 
 One parent MLflow run per ``kedro run`` (named after the pipeline); nodes that train or
-evaluate models open nested runs under it (one per (k, seed) or (method, k, seed)).
+evaluate models open nested runs under it (one per (k, seed) or (method, k, seed)) with
+``tracking.model_run`` / ``tracking.child_run``, also from a runner's worker processes.
 Where runs go is configured in ``conf/<env>/mlflow.yml``; the ``MLFLOW_TRACKING_URI``
 environment variable, when set, wins (that is how CI and tests isolate their stores).
+A missing ``mlflow.yml`` means the defaults below; a malformed one stops the run.
 """
 
 from __future__ import annotations
@@ -14,18 +16,32 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
+from mlflow.tracking import MlflowClient
 
-from cardiac_pipeline.tracking import clear_parent_run, export_parent_run, flatten_params
+from cardiac_pipeline import tracking
+from cardiac_pipeline.params import check_keys
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MLFLOW_CONFIG = {
+DEFAULT_MLFLOW_CONFIG: dict[str, Any] = {
     "tracking_uri": "sqlite:///mlruns/mlflow.db",
     "artifact_location": "mlruns/artifacts",
     "experiment_name": "cardiac-pipeline",
     "enabled": True,
+    "log_paths": "hash",
 }
+# The MLflow UI (3.x) opens an experiment on the page of its kind; without this tag it
+# guesses GenAI and shows an empty traces page instead of the training runs. MLflow 3.17's
+# UI lets its own GenAI / Model training switch (remembered by the browser) decide instead;
+# ``?workflowType=machine_learning`` in the page address selects it (see ``ui_hint``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+class MlflowConfigError(ValueError):
+    """``mlflow.yml`` cannot be used as written (the message names the file and the fix)."""
 
 
 def resolve_tracking_uri(uri: str, project_path: Path) -> str:
@@ -40,8 +56,41 @@ def resolve_tracking_uri(uri: str, project_path: Path) -> str:
     return uri
 
 
+def check_mlflow_config(config: Any, where: str) -> dict[str, Any]:
+    """``config`` over the defaults, or ``MlflowConfigError`` naming ``where`` and the key."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise MlflowConfigError(
+            f"{where}: expected a mapping of {sorted(DEFAULT_MLFLOW_CONFIG)}, "
+            f"got {type(config).__name__}; fix the file or delete it to use the defaults"
+        )
+    try:
+        check_keys("mlflow", config, DEFAULT_MLFLOW_CONFIG)
+    except ValueError as error:
+        raise MlflowConfigError(f"{where}: {error}") from None
+    merged = {**DEFAULT_MLFLOW_CONFIG, **config}
+    if not isinstance(merged["enabled"], bool):
+        raise MlflowConfigError(
+            f"{where}: enabled must be true or false, not {merged['enabled']!r}"
+        )
+    for key in ("tracking_uri", "experiment_name"):
+        if not isinstance(merged[key], str) or not merged[key]:
+            raise MlflowConfigError(f"{where}: {key} must be a non-empty string")
+    if merged["log_paths"] not in tracking.LOG_PATHS_CHOICES:
+        raise MlflowConfigError(
+            f"{where}: log_paths {merged['log_paths']!r} is not one of "
+            f"{', '.join(tracking.LOG_PATHS_CHOICES)}"
+        )
+    return merged
+
+
 def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
-    """Point MLflow at the configured store and experiment; return the experiment id."""
+    """Point MLflow at the configured store and experiment; return the experiment id.
+
+    The experiment is marked as model training (new or existing), and runs of this
+    machine left RUNNING by a process that is gone are marked KILLED.
+    """
     if not config.get("enabled", True):
         return None
     uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(
@@ -51,16 +100,38 @@ def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = config["experiment_name"]
-    experiment = mlflow.get_experiment_by_name(name)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
         artifact_location = config.get("artifact_location")
         if artifact_location and "://" not in artifact_location:
-            artifact_location = (project_path / artifact_location).resolve().as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+            # a folder of this machine, for a local store only: a server keeps its own
+            local = not uri.startswith(("http://", "https://", "databricks"))
+            artifact_location = (
+                (project_path / artifact_location).resolve().as_uri() if local else None
+            )
+        experiment_id = client.create_experiment(
+            name,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     else:
         experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # kept when the user chose another
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
+    tracking.mark_stale_runs(experiment_id, client)
     return experiment_id
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """Where to see the runs (MLflow's UI starts on GenAI unless told "Model training")."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"see {tracking_uri.rstrip('/')}/{page}"
+    if tracking_uri.startswith("sqlite:///"):
+        tracking_uri = "sqlite:///" + tracking.loggable(tracking_uri[len("sqlite:///") :])
+    return f"see `mlflow ui --backend-store-uri {tracking_uri}`, page {page}"
 
 
 class MlflowTrackingHook:
@@ -73,23 +144,33 @@ class MlflowTrackingHook:
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
-        try:
-            user_config = context.config_loader["mlflow"] or {}
-        except Exception:  # no mlflow.yml in this env
-            user_config = {}
-        self._config = {**DEFAULT_MLFLOW_CONFIG, **user_config}
         self._project_path = Path(context.project_path)
+        where = _mlflow_files(context)
+        try:
+            user_config = context.config_loader["mlflow"]
+        except MissingConfigException:  # no mlflow.yml in this env: the defaults
+            user_config = {}
+        except Exception as error:  # unreadable YAML, a list instead of a mapping, ...
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise MlflowConfigError(f"{where}: cannot be read ({detail}); fix the YAML") from None
+        self._config = check_mlflow_config(
+            dict(user_config) if hasattr(user_config, "keys") else user_config, where
+        )
+        tracking.configure(self._project_path, self._config["log_paths"])
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        if setup_mlflow(self._config, self._project_path) is None:
+        experiment_id = setup_mlflow(self._config, self._project_path)
+        if experiment_id is None:
             return
         while mlflow.active_run() is not None:  # a stale run from an earlier in-process call
             mlflow.end_run()
         name = "+".join(run_params.get("pipeline_names") or ["__default__"])
-        mlflow.start_run(run_name=name)
-        export_parent_run()  # nodes in worker processes and threads nest under this run
+        run = mlflow.start_run(
+            run_name=name, tags={**tracking.process_tags(), **tracking.source_tags()}
+        )
         self._started = True
+        tracking.scrub_run_tags(run.info.run_id)
         mlflow.set_tags(
             {
                 "kedro.pipeline": name,
@@ -99,8 +180,11 @@ class MlflowTrackingHook:
         )
         extra = run_params.get("runtime_params") or run_params.get("extra_params") or {}
         if extra:
-            mlflow.log_params(flatten_params(extra, "runtime."))
-        logger.info("MLflow run %s started at %s", name, mlflow.get_tracking_uri())
+            mlflow.log_params(tracking.flatten_params(extra, "runtime."))
+        tracking.publish_context(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
+        logger.info(
+            "MLflow run %s started; %s", name, ui_hint(mlflow.get_tracking_uri(), experiment_id)
+        )
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -111,8 +195,34 @@ class MlflowTrackingHook:
         self._end("FAILED")
 
     def _end(self, status: str) -> None:
+        tracking.clear_context()
         if self._started:
             while mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
-            clear_parent_run()
             self._started = False
+
+
+def _mlflow_files(context: Any) -> str:
+    """The mlflow.yml files of this run's config, as the user would name them."""
+    loader = context.config_loader
+    source = Path(getattr(loader, "conf_source", "conf"))
+    envs = [getattr(loader, "base_env", "base"), getattr(loader, "env", None) or "local"]
+    found = [
+        path
+        for env in dict.fromkeys(e for e in envs if e)
+        for path in sorted((source / env).glob("mlflow*"))
+        if path.is_file()
+    ]
+    names = [_relative(path, Path(context.project_path)) for path in found]
+    return (
+        " / ".join(names)
+        if names
+        else f"{_relative(source, Path(context.project_path))}/*/mlflow.yml"
+    )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -166,6 +166,69 @@ def starts_pretrained(arch: dict[str, Any]) -> bool:
     return bool(backbone.get("pretrained")) or brings_own_weights(backbone.get("name"))
 
 
+def work_folder(
+    store: ClipStore,
+    split: pd.DataFrame,
+    *,
+    arch: dict[str, Any],
+    clips: dict[str, Any],
+    training: dict[str, Any],
+) -> Path:
+    """The resumable work folder of one training run (``last.pt``, its MLflow run record).
+
+    ``training.work_dir``/<split label>-<key>: the key covers the architecture and its
+    weights file, clip and training parameters, the split's videos and the clip store, so
+    the same arguments as ``train_on_split`` give the folder it trains in.
+    """
+    training = _effective_training(arch, training)
+    train_rows = split[split["role"] == "train"]
+    val_rows = split[split["role"] == "val"]
+    key = run_key(
+        arch,
+        weights_fingerprint(arch),
+        {k: v for k, v in clips.items()},
+        {k: v for k, v in training.items() if k not in _NOT_IN_RUN_KEY},
+        sorted(train_rows["FileName"]),
+        sorted(val_rows["FileName"]),
+        str(store.root),
+    )
+    return Path(training.get("work_dir", "data/06_models/work")) / f"{_split_label(split)}-{key}"
+
+
+def _effective_training(arch: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """``training`` as run: ``select_start`` is off for random starting weights."""
+    if training.get("select_start") and not starts_pretrained(arch):
+        return {**training, "select_start": False}
+    return training
+
+
+def _portable_path(path: str | Path) -> str:
+    """A path as a checkpoint keeps it: relative to the project (cwd), else its name only.
+
+    Checkpoints travel (MLflow artifacts, shared folders); a full path would carry the
+    user's folder names with them.
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _portable_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` with a backbone weights file as ``_portable_path`` (only a record: a model is
+    rebuilt from a checkpoint without it). ``local-dir:`` sources stay whole: the folder's
+    open_clip config is what rebuilds the architecture.
+    """
+    backbone = dict(arch.get("backbone") or {})
+    pretrained = backbone.get("pretrained")
+    if pretrained and not brings_own_weights(pretrained):
+        backbone["pretrained"] = _portable_path(str(pretrained))
+    return {**arch, "backbone": backbone}
+
+
 def train_on_split(
     store: ClipStore,
     split: pd.DataFrame,
@@ -197,7 +260,7 @@ def train_on_split(
     seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
     if training.get("select_start") and not starts_pretrained(arch):
         logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
-        training = {**training, "select_start": False}
+    training = _effective_training(arch, training)
     spec = clip_spec(clips)
     train_rows = split[split["role"] == "train"]
     val_rows = split[split["role"] == "val"]
@@ -219,17 +282,7 @@ def train_on_split(
         else None
     )
     config = train_config({**training, "seed": seed, "eval_batch_size": int(eval_batch_size)})
-    key = run_key(
-        arch,
-        weights_fingerprint(arch),
-        {k: v for k, v in clips.items()},
-        {k: v for k, v in training.items() if k not in _NOT_IN_RUN_KEY},
-        sorted(train_rows["FileName"]),
-        sorted(val_rows["FileName"]),
-        str(store.root),
-    )
-    name = _split_label(split)
-    work_dir = Path(training.get("work_dir", "data/06_models/work")) / f"{name}-{key}"
+    work_dir = work_folder(store, split, arch=arch, clips=clips, training=training)
     if model is None:
         model = build_cardiac_clip(arch, seed=seed)
     result = fit(
@@ -246,7 +299,7 @@ def train_on_split(
     )
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
-        "arch": arch,
+        "arch": _portable_arch(arch),
         "clips": dict(clips),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": {
@@ -255,7 +308,7 @@ def train_on_split(
             "epochs_run": len(result.history),
             "n_train": len(train_rows),
             "n_val": len(val_rows),
-            "work_dir": str(work_dir),
+            "work_dir": _portable_path(work_dir),
         },
     }
     return checkpoint, result

@@ -23,7 +23,7 @@ from cardiac_pipeline.echo.metrics import (
 from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.workers import share_cores
-from cardiac_pipeline.tracking import flatten_params, log_metrics, model_run
+from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def run_benchmark_method(
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
     settings = benchmark["methods"][method]
     tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
-    with model_run(f"{method}-k{k}_seed{seed}", tags) as run_id:
+    with child_run(f"{method}-k{k}_seed{seed}", tags) as run_id:
         started = time.perf_counter()
         predictions = run_method(
             method,
@@ -221,7 +221,7 @@ def score_zero_shot(
     test = benchmark_split.loc[benchmark_split["role"] == "test", "FileName"]
     predictions = zero_shot_predictions[zero_shot_predictions["FileName"].isin(test)]
     tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
-    with model_run(f"{method}-k{k}_seed{seed}", tags):
+    with child_run(f"{method}-k{k}_seed{seed}", tags):
         return _metrics_row(
             method, k, seed, predictions, float(zero_shot_predictions["seconds"].iloc[0])
         )

@@ -3,8 +3,8 @@ then every model's metrics combined and summarised over seeds.
 
 Each model is one MLflow run nested under the pipeline's run, tagged with k, seed and
 method (``tracking.model_run``, which also works in ParallelRunner's worker processes);
-training logs per-epoch metrics there, evaluation reopens it for test metrics, plots,
-predictions and the model checkpoint.
+training logs per-epoch metrics there (a run resumed after a crash continues the same
+MLflow run), evaluation reopens it for test metrics, plots, predictions and the checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from cardiac_pipeline.echo.metrics import (
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.workers import share_cores
-from cardiac_pipeline.tracking import flatten_params, log_metrics, model_run
+from cardiac_pipeline.tracking import (
+    child_run,
+    log_history,
+    log_metrics,
+    log_params,
+    model_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,24 +139,27 @@ def train_fewshot_model(
     name = model_name(k_shot_split)
     k, seed = recipe.split_k_seed(k_shot_split)
     tags = {"k": k, "seed": seed, "method": cardiac_clip.get("method", "cardiac_clip")}
-    with model_run(name, tags) as run_id:
+    run_training = {**training, "seed": seed}
+    work_dir = recipe.work_folder(
+        clip_store, k_shot_split, arch=arch, clips=clips, training=run_training
+    )
+    with model_run(work_dir, name, tags) as run_id:
         if run_id:
-            mlflow.log_params(
-                flatten_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
-            )
+            log_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
             mlflow.log_metric("n_train", int((k_shot_split["role"] == "train").sum()))
         checkpoint, result = recipe.train_on_split(
             clip_store,
             k_shot_split,
             arch=arch,
             clips=clips,
-            training={**training, "seed": seed},
+            training=run_training,
             eval_batch_size=int(evaluation.get("batch_size", 1)),
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
         )
         checkpoint["meta"]["mlflow_run_id"] = run_id
         checkpoint["meta"]["split"] = name
         if run_id:
+            log_history(result.history)
             _log_figure(plots.training_curves(result.history), "plots/training_curves.png")
             _log_table(result.history, "training_history.csv")
     return checkpoint
@@ -187,7 +196,7 @@ def evaluate_fewshot_model(
     figures = _evaluation_figures(name, table, attention, video_index, evaluation)
     run_id = fewshot_model["meta"].get("mlflow_run_id")
     if run_id:
-        with model_run(name, {}, run_id=run_id):
+        with child_run(name, {}, run_id=run_id):
             log_metrics({f"test_{m}": v for m, v in metrics.items()})
             for baseline, values in baselines.items():
                 log_metrics({f"test_{baseline}_{m}": values[m] for m in METRIC_COLUMNS})

@@ -26,7 +26,7 @@ from cardiac_pipeline.model.predict import (
     prediction_report_html,
     resolve_checkpoint,
 )
-from cardiac_pipeline.tracking import log_metrics
+from cardiac_pipeline.tracking import log_metrics, loggable
 from cardiac_pipeline.validation import check_predict_inputs
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def predict_input_folder(
     }
     log_metrics(metrics)
     if mlflow.active_run() is not None:
-        mlflow.set_tags({"predict.model": source, "predict.model_rule": why})
+        mlflow.set_tags({"predict.model": loggable(str(source)), "predict.model_rule": why})
     logger.info(
         "predict: %d videos, %d unreadable, %.2f videos/s",
         len(predictions),
