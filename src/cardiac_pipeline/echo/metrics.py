@@ -16,6 +16,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from cardiac_pipeline.echo.uncertainty import (
+    bootstrap_weights,
+    conformal_half_width,
+    coverage_key,
+    percentile_interval,
+    prediction_interval,
+)
+
 # Clinical thresholds for "reduced EF" (heart failure with reduced / mildly reduced EF).
 DEFAULT_REDUCED_EF_THRESHOLDS: tuple[float, ...] = (50.0, 40.0)
 # Edges of the LVEF ranges used for the per-range error table (left-closed intervals).
@@ -415,7 +423,6 @@ def bootstrap_ef_metrics(
     metrics that are the mean of a per-video value (e.g. interval coverage: 0/1 per video),
     each ``(videos,)`` or ``(seeds, videos)``.
     """
-    from cardiac_pipeline.echo.uncertainty import bootstrap_weights, percentile_interval
 
     true = _as_finite_1d(y_true, "y_true")
     preds = _rows(y_pred, true.size, "y_pred")
@@ -446,7 +453,6 @@ def paired_bootstrap_difference(
     that does not depend on the seed, e.g. zero-shot), else row s of A pairs with row s of
     B. The difference is then the mean over seeds, on every resample.
     """
-    from cardiac_pipeline.echo.uncertainty import bootstrap_weights, percentile_interval
 
     true = _as_finite_1d(y_true, "y_true")
     a = _rows(pred_a, true.size, "pred_a")
@@ -780,3 +786,98 @@ def format_paired_differences(
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# conf keys (section ``evaluation``) of the statistics, with their defaults
+STATISTICS_DEFAULTS: dict[str, float] = {
+    "bootstrap_resamples": DEFAULT_BOOTSTRAP_RESAMPLES,
+    "bootstrap_seed": 0,
+    "ci_level": DEFAULT_CI_LEVEL,
+    "interval_alpha": 0.1,
+}
+
+
+def bootstrap_settings(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """``summarise_with_ci`` / ``paired_differences`` keywords from the ``evaluation`` section."""
+    values = {**STATISTICS_DEFAULTS, **{k: v for k, v in evaluation.items() if v is not None}}
+    return {
+        "n_resamples": int(values["bootstrap_resamples"]),
+        "bootstrap_seed": int(values["bootstrap_seed"]),
+        "level": float(values["ci_level"]),
+    }
+
+
+def interval_alpha(evaluation: Mapping[str, Any]) -> float:
+    """``evaluation.interval_alpha`` (0.1: 90% intervals)."""
+    value = evaluation.get("interval_alpha")
+    return float(STATISTICS_DEFAULTS["interval_alpha"] if value is None else value)
+
+
+def conformal_by_model(
+    predictions: pd.DataFrame,
+    alpha: float,
+    model_cols: Sequence[str] = ("method", "k", "seed"),
+) -> pd.DataFrame:
+    """TEST rows with each model's split-conformal interval calibrated on its VAL rows.
+
+    ``predictions``: long, the ``model_cols``, ``role`` (val / test), ``FileName``,
+    ``EF_true``, ``EF_pred``. Adds ``half_width``, ``EF_lower``, ``EF_upper`` and
+    ``covered`` (1.0 when the interval holds the true EF); a model without VAL rows gets
+    NaN there.
+    """
+
+    model_cols = list(model_cols)
+    _check_columns(predictions, [*model_cols, "role", *PREDICTION_KEYS], "predictions")
+    parts = []
+    for _, group in predictions.groupby(model_cols, sort=False, dropna=False):
+        val = group[group["role"] == "val"]
+        test = group[group["role"] == "test"].copy()
+        if len(val):
+            residuals = np.abs(val["EF_pred"].to_numpy(float) - val["EF_true"].to_numpy(float))
+            half_width = conformal_half_width(residuals, alpha)
+            lower, upper = prediction_interval(test["EF_pred"], half_width)
+            covered = (test["EF_true"] >= lower) & (test["EF_true"] <= upper)
+            test = test.assign(
+                half_width=half_width,
+                EF_lower=lower,
+                EF_upper=upper,
+                covered=covered.astype(float),
+            )
+        else:
+            test = test.assign(half_width=math.nan, EF_lower=math.nan, EF_upper=math.nan)
+            test["covered"] = math.nan
+        parts.append(test)
+    return pd.concat(parts, ignore_index=True)
+
+
+CI_DECIMALS = {"r2": 3, "auroc_ef_lt_50": 3, "auroc_ef_lt_40": 3}
+CI_HEADERS = {
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R2",
+    "bias": "bias",
+    "auroc_ef_lt_50": "AUROC EF<50",
+    "auroc_ef_lt_40": "AUROC EF<40",
+}
+
+
+def ci_table_preamble(bootstrap: Mapping[str, Any], alpha: float) -> str:
+    """What the cells of a ``format_ci_table`` table mean, for a reader of the markdown."""
+    return (
+        f"TEST metrics: mean ± SD over seeds ({100 * bootstrap['level']:g}% bootstrap CI over "
+        f"TEST videos, {bootstrap['n_resamples']} resamples). n: models (seeds); a model that "
+        "uses no k-shot labels counts once (k 'any'). "
+        f"{coverage_key(alpha)}: share of TEST videos inside the {100 * (1 - alpha):g}% "
+        "conformal interval calibrated on VAL.\n\n"
+    )
+
+
+def split_reference_methods(summary: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """For ``plots.mae_vs_k``: rows of the methods that change with k (lines) and the MAE of
+    those that do not (zero-shot, the VAL median: horizontal reference lines)."""
+    references = {}
+    for method, rows in summary.groupby("method", sort=False):
+        if not rows["seed_dependent"].any() and rows["mae_mean"].nunique() == 1:
+            references[str(method)] = float(rows["mae_mean"].iloc[0])
+    lines = summary[~summary["method"].isin(references)]
+    return (lines if len(lines) else summary), references

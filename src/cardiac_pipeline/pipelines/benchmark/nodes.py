@@ -13,11 +13,22 @@ from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split
 from cardiac_pipeline.echo.metrics import (
+    CI_DECIMALS,
+    CI_HEADERS,
+    CI_METRICS,
+    bootstrap_settings,
+    ci_table_preamble,
+    conformal_by_model,
     ef_metrics,
-    format_mean_sd,
+    format_ci_table,
+    format_paired_differences,
+    interval_alpha,
+    paired_differences,
     split_baselines,
-    summarise_over_seeds,
+    split_reference_methods,
+    summarise_with_ci,
 )
+from cardiac_pipeline.echo.uncertainty import coverage_key
 from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
@@ -27,7 +38,7 @@ logger = logging.getLogger(__name__)
 METRICS = ["mae", "rmse", "r2", "auroc_ef_lt_50"]
 
 
-BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods")
+BENCHMARK_KEYS = ("variant", "work_dir", "recipe", "variants", "methods", "comparisons")
 GRID_KEYS = ("shots", "seeds", "val_size", "methods", "recipe")
 
 
@@ -66,8 +77,12 @@ def run_benchmark(
     clips: dict[str, Any],
     training: dict[str, Any],
     evaluation: dict[str, Any],
-) -> pd.DataFrame:
-    """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics of every (method, k, seed), and their per-video VAL and TEST predictions.
+
+    Each (method, k, seed) is an MLflow run tagged method, k, seed. The predictions (long:
+    ``method, k, seed, FileName, role, EF_true, EF_pred``, constants included) let the
+    summary give bootstrap and paired CIs and conformal coverage.
 
     The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a
     grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
@@ -88,7 +103,7 @@ def run_benchmark(
         ],
     )
     check_methods(benchmark["methods"], list(grid["methods"]), base)
-    rows = []
+    rows, predicted = [], []
     zero_shot_cache: dict[str, pd.DataFrame] = {}
     for split_name, split in benchmark_splits.items():
         k, seed = int(split["k"].iloc[0]), int(split["seed"].iloc[0])
@@ -97,6 +112,7 @@ def run_benchmark(
             rows.append(
                 {"method": baseline, "k": k, "seed": seed, **{m: values[m] for m in METRICS}}
             )
+            predicted.append(_constant_predictions(split, values["constant"], baseline, k, seed))
         for name in grid["methods"]:
             method = benchmark["methods"][name]
             tags = {"method": name, "k": k, "seed": seed, "pipeline": "benchmark"}
@@ -116,7 +132,9 @@ def run_benchmark(
                     )
                     if method.get("kind") == "zero_shot":
                         zero_shot_cache[name] = predictions
-                metrics = ef_metrics(predictions["EF_true"], predictions["EF_pred"])
+                predicted.append(predictions.assign(method=name, k=k, seed=seed))
+                tested = predictions[predictions["role"] == "test"]
+                metrics = ef_metrics(tested["EF_true"], tested["EF_pred"])
                 seconds = time.perf_counter() - started
                 if run_id:
                     import mlflow
@@ -133,14 +151,74 @@ def run_benchmark(
                     **{m: metrics[m] for m in METRICS},
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["method", "k", "seed", "FileName", "role", "EF_true", "EF_pred"]
+    return pd.DataFrame(rows), pd.concat(predicted, ignore_index=True)[columns]
 
 
-def summarise_benchmark(benchmark_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:
-    """Mean ± SD over seeds per (method, k): CSV, markdown table and MAE-versus-k plot."""
-    summary = summarise_over_seeds(benchmark_metrics, ["method", "k"], METRICS)
-    markdown = format_mean_sd(summary, ["method", "k"], METRICS)
-    figure = plots.mae_vs_k(summary)
+def _constant_predictions(
+    split: pd.DataFrame, constant: float, method: str, k: int, seed: int
+) -> pd.DataFrame:
+    """A constant baseline's per-video predictions on VAL and TEST (for CIs and intervals)."""
+    rows = split[split["role"].isin(["val", "test"])]
+    return pd.DataFrame(
+        {
+            "method": method,
+            "k": k,
+            "seed": seed,
+            "FileName": rows["FileName"].to_numpy(),
+            "role": rows["role"].to_numpy(),
+            "EF_true": rows["EF"].to_numpy(dtype=float),
+            "EF_pred": float(constant),
+        }
+    )
+
+
+def summarise_benchmark(
+    benchmark_metrics: pd.DataFrame,
+    benchmark_predictions: pd.DataFrame,
+    benchmark: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, str, Figure, pd.DataFrame, str]:
+    """Per (method, k): mean ± SD over seeds with a bootstrap CI on TEST, and paired CIs.
+
+    From the per-video predictions: each metric's percentile bootstrap CI over TEST videos,
+    the TEST coverage of each model's conformal interval (calibrated on its VAL
+    predictions, ``evaluation.interval_alpha``), and ``benchmark.comparisons`` as paired
+    bootstrap CIs of the differences (per seed and pooled over seeds). Returns the summary
+    CSV and markdown, the MAE-versus-k plot, and the paired differences CSV and markdown.
+    """
+    alpha = interval_alpha(evaluation)
+    coverage = coverage_key(alpha)
+    bootstrap = bootstrap_settings(evaluation)
+    tested = conformal_by_model(benchmark_predictions, alpha)
+    summary = summarise_with_ci(
+        tested, ["method", "k"], video_means={coverage: "covered"}, **bootstrap
+    )
+    if "seconds" in benchmark_metrics:
+        seconds = benchmark_metrics.groupby(["method", "k"], as_index=False)["seconds"].mean()
+        summary = summary.merge(seconds.rename(columns={"seconds": "seconds_mean"}), how="left")
+    columns = [*CI_METRICS, coverage]
+    markdown = ci_table_preamble(bootstrap, alpha) + format_ci_table(
+        summary, ["method", "k"], columns, decimals=CI_DECIMALS, headers=CI_HEADERS
+    )
+    lines, references = split_reference_methods(summary)
+    figure = plots.mae_vs_k(lines, reference_lines=references)
+    present = set(summary["method"])
+    comparisons = [
+        pair
+        for pair in benchmark.get("comparisons") or []
+        if all(side.partition("@")[0] in present for side in pair)
+    ]
+    paired = paired_differences(tested, comparisons, **bootstrap)
+    paired_markdown = (
+        f"Paired differences A - B on the same TEST videos: {100 * bootstrap['level']:g}% "
+        f"bootstrap CI ({bootstrap['n_resamples']} resamples of the videos, the same "
+        "resample for both methods and every seed). Negative MAE: A errs less.\n\n"
+        + format_paired_differences(paired)
+        if len(paired)
+        else "No comparison of `benchmark.comparisons` has both methods in this run.\n"
+    )
     log_metrics({f"{r.method}.k{r.k}.mae_mean": r.mae_mean for r in summary.itertuples()})
     logger.info("Benchmark (test set):\n%s", markdown)
-    return summary, markdown, figure
+    logger.info("Paired differences (test set):\n%s", paired_markdown)
+    return summary, markdown, figure, paired, paired_markdown

@@ -32,13 +32,24 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:evaluation",
                 ],
-                outputs="benchmark_metrics",
+                outputs=["benchmark_metrics", "benchmark_predictions"],
                 name="run_benchmark_methods",
             ),
             Node(
                 summarise_benchmark,
-                inputs="benchmark_metrics",
-                outputs=["benchmark_summary", "benchmark_table", "benchmark_mae_vs_k"],
+                inputs=[
+                    "benchmark_metrics",
+                    "benchmark_predictions",
+                    "params:benchmark",
+                    "params:evaluation",
+                ],
+                outputs=[
+                    "benchmark_summary",
+                    "benchmark_table",
+                    "benchmark_mae_vs_k",
+                    "benchmark_paired_differences",
+                    "benchmark_paired_differences_table",
+                ],
                 name="summarise_benchmark",
             ),
         ]

@@ -56,7 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 summarise_fewshot,
-                inputs="fewshot_metrics",
+                inputs=["fewshot_metrics", "fewshot_predictions", "params:evaluation"],
                 outputs=["fewshot_summary", "fewshot_summary_table", "fewshot_mae_vs_k"],
                 name="summarise_over_seeds",
             ),
