@@ -729,7 +729,7 @@ def format_ci_table(
         collapsed = []
         for method in dict.fromkeys(r["method"] for r in records):
             mine = [r for r in records if r["method"] == method]
-            same = len(mine) > 1 and all(
+            same = all(
                 not bool(r["seed_dependent"])
                 and all(_same_value(r[c], mine[0][c]) for c in value_cols)
                 for r in mine
