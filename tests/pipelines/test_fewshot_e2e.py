@@ -79,3 +79,38 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
             "*/fewshot_plots/k1_seed0/mfl_attention.png"
         )
     )
+
+
+def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None:
+    import numpy as np
+
+    from cardiac_pipeline.pipelines.fewshot.nodes import summarise_fewshot
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(20, 75, 50)
+    zero_shot = true + rng.normal(0, 8, 50)
+    rows, predictions = [], {}
+    for k in (1, 2):
+        for seed in (0, 1):
+            name = f"k{k}_seed{seed}"
+            pred = true + rng.normal(0, 6, 50)
+            predictions[name] = pd.DataFrame(
+                {
+                    "FileName": [f"v{i}" for i in range(50)],
+                    "EF_true": true,
+                    "EF_pred": pred,
+                    "covered": (np.abs(pred - true) <= 10).astype(float),
+                    "EF_pred_zero_shot": zero_shot,
+                    "EF_pred_val_median_predictor": 58.0,
+                }
+            )
+            for method in ("cardiac_clip", "zero_shot", "val_median_predictor"):
+                rows.append({"split": name, "method": method, "k": k, "seed": seed})
+    summary, markdown, _ = summarise_fewshot(
+        pd.DataFrame(rows), predictions, {"bootstrap_resamples": 200}
+    )
+    model = summary[summary["method"] == "cardiac_clip"]
+    assert (model["n"] == 2).all() and model["coverage_90_mean"].between(0.8, 1).all()
+    for method in ("zero_shot", "val_median_predictor"):
+        assert f"| {method} | any | 1 |" in markdown  # once, not at each k with ± 0.00
+    assert markdown.count("| cardiac_clip |") == 2 and "nan" not in markdown

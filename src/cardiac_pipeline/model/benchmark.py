@@ -12,6 +12,7 @@ splits, clips, schedule and evaluation. Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,9 @@ def run_method(
     return _with_roles(val, test, predict)
 
 
-def _with_roles(val: pd.DataFrame, test: pd.DataFrame, predict: Any) -> pd.DataFrame:
+def _with_roles(
+    val: pd.DataFrame, test: pd.DataFrame, predict: Callable[[pd.DataFrame], pd.DataFrame]
+) -> pd.DataFrame:
     """``predict`` on VAL and on TEST apart (each keeps its prediction-cache entry), tagged."""
     parts = [
         predict(rows).assign(role=role)

@@ -36,7 +36,7 @@ from cardiac_pipeline.echo.inputs import (
     list_videos,
     read_input_video,
 )
-from cardiac_pipeline.echo.uncertainty import prediction_interval
+from cardiac_pipeline.echo.uncertainty import interval_text, prediction_interval
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.prompts import LVEF_RANGES
 from cardiac_pipeline.model.train import predict_videos
@@ -405,9 +405,12 @@ def prediction_report_html(
     for _, row in predictions.iterrows():
         name = str(row["file"])
         parts.append(f"<div class='video'><h2>{escape(_video_label(row))}</h2>")
-        estimate = f"LVEF {_number(row['EF_pred'], '.0f')}%"
-        if _interval_cell(row) != "–":
-            estimate += f", {escape(level)} {_interval_cell(row)}"
+        if interval_level and _interval_cell(row) != "–":
+            estimate = interval_text(
+                row["EF_pred"], row["EF_lower"], row["EF_upper"], interval_level
+            )
+        else:
+            estimate = f"EF {_number(row['EF_pred'], '.0f')}"
         spread = (
             f" (SD over {int(row['n_clips'])} clips {row['EF_clip_sd']:.1f})"
             if _present(row.get("EF_clip_sd")) and _present(row.get("n_clips"))
