@@ -308,11 +308,20 @@ def format_mean_sd(
 # The same metrics on bootstrap resamples of the TEST videos, all resamples at once: a
 # resample is a row of counts (``uncertainty.bootstrap_weights``), every metric is a
 # weighted sum over videos, so a (resamples x videos) matrix product replaces a Python loop
-# over resamples. With all counts 1 each function gives exactly ``ef_metrics``'s number.
+# over resamples. With all counts 1 each function gives ``ef_metrics``'s number (to rounding).
 
 DEFAULT_BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_CI_LEVEL = 0.95
 CI_METRICS: tuple[str, ...] = ("mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40")
+CI_DECIMALS = {"r2": 3, "auroc_ef_lt_50": 3, "auroc_ef_lt_40": 3}
+CI_HEADERS = {
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R2",
+    "bias": "bias",
+    "auroc_ef_lt_50": "AUROC EF<50",
+    "auroc_ef_lt_40": "AUROC EF<40",
+}
 
 
 def _resampled_auroc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -766,11 +775,17 @@ def _same_value(a: Any, b: Any) -> bool:
 def format_paired_differences(
     table: pd.DataFrame,
     metric_cols: Sequence[str] = ("mae", "rmse", "r2", "auroc_ef_lt_50"),
-    decimals: int = 2,
+    decimals: Mapping[str, int] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
-    """Markdown of a ``paired_differences`` table: 'difference (CI low to high)' cells."""
+    """Markdown of a ``paired_differences`` table: 'difference (CI low to high)' cells.
+
+    ``decimals`` per metric (default 2; ``CI_DECIMALS``), ``headers`` names (``CI_HEADERS``).
+    """
     metric_cols = list(metric_cols)
-    columns = ["comparison", "k", "seed", "n_videos", *[f"Δ {m}" for m in metric_cols]]
+    decimals = {**CI_DECIMALS, **(decimals or {})}
+    headers = {**CI_HEADERS, **(headers or {})}
+    columns = ["comparison", "k", "seed", "n_videos", *[f"Δ {headers[m]}" for m in metric_cols]]
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join(["---", "---", "---", "---:"] + ["---:"] * len(metric_cols)) + "|",
@@ -781,7 +796,11 @@ def format_paired_differences(
         for m in metric_cols:
             cells.append(
                 estimate_text(
-                    row[f"{m}_diff"], row[f"{m}_ci_low"], row[f"{m}_ci_high"], None, decimals
+                    row[f"{m}_diff"],
+                    row[f"{m}_ci_low"],
+                    row[f"{m}_ci_high"],
+                    None,
+                    decimals.get(m, 2),
                 )
             )
         lines.append("| " + " | ".join(cells) + " |")
@@ -848,17 +867,6 @@ def conformal_by_model(
             test["covered"] = math.nan
         parts.append(test)
     return pd.concat(parts, ignore_index=True)
-
-
-CI_DECIMALS = {"r2": 3, "auroc_ef_lt_50": 3, "auroc_ef_lt_40": 3}
-CI_HEADERS = {
-    "mae": "MAE",
-    "rmse": "RMSE",
-    "r2": "R2",
-    "bias": "bias",
-    "auroc_ef_lt_50": "AUROC EF<50",
-    "auroc_ef_lt_40": "AUROC EF<40",
-}
 
 
 def ci_table_preamble(bootstrap: Mapping[str, Any], alpha: float) -> str:
