@@ -183,6 +183,10 @@ class EvaluationConfig:
     batch_size: int = param(1, minimum=1)
     device: str = param("auto")
     attention_plot_videos: int = param(4, minimum=0)
+    bootstrap_resamples: int = param(2000, minimum=1)  # percentile bootstrap over TEST videos
+    bootstrap_seed: int = param(0, minimum=0)
+    ci_level: float = param(0.95, minimum=0)
+    interval_alpha: float = param(0.1, minimum=0)  # 0.1: 90% conformal intervals
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +235,7 @@ class BenchmarkConfig:
     recipe: dict[str, Any] | None = param()
     variants: dict[str, BenchmarkVariantConfig] = param()
     methods: dict[str, dict[str, Any] | None] = param()
+    comparisons: list[list[str]] = param()  # paired bootstrap CIs of A - B ("method@k")
 
 
 # The training loop's config, with the defaults of conf/base where the CPU recipe differs

@@ -47,13 +47,65 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     assert children["metrics.test_mae"].notna().all()
     assert children["metrics.val_mae"].notna().all()  # per-epoch metric logged during training
 
+    assert {"mae_ci_low", "mae_ci_high", "coverage_90"} <= set(metrics.columns)
+    assert (metrics["method"] == "zero_shot").sum() == 2  # the backbone's, on the same TEST
+
     predictions = root / "data/07_model_output/fewshot_predictions"
     table = pd.read_csv(next(predictions.glob("*/fewshot_predictions/k1_seed0.csv")))
     assert len(table) == 6 and table["EF_pred"].between(0, 100).all()
+    assert (table["EF_lower"] <= table["EF_pred"]).all()
+    assert (table["EF_pred"] <= table["EF_upper"]).all()
+    assert {"EF_pred_zero_shot", "EF_pred_val_median_predictor"} <= set(table.columns)
+
+    summary = pd.read_csv(
+        next((root / "data/08_reporting/fewshot_summary.csv").glob("*/fewshot_summary.csv"))
+    )
+    zero = summary[summary["method"] == "zero_shot"]
+    assert len(zero) == 1 and zero["n"].iloc[0] == 1  # no labels: one model, not n = 2
+    markdown = next((root / "data/08_reporting/fewshot_summary.md").glob("*/*.md")).read_text()
+    assert "| zero_shot | any | 1 |" in markdown
 
     # the default backbone.pretrained ("pretrain") adapts the pretrain pipeline's CLIP
     model = next((root / "data/06_models/fewshot_models").glob("*/fewshot_models/k1_seed0.pt"))
-    backbone = torch.load(model, map_location="cpu", weights_only=True)["arch"]["backbone"]
+    stored = torch.load(model, map_location="cpu", weights_only=True)
+    backbone = stored["arch"]["backbone"]
+    assert stored["interval"]["alpha"] == 0.1 and stored["interval"]["n_val"] == 4
+    # 4 VAL videos are too few for a finite 90% interval (needs >= 9)
+    assert stored["interval"]["half_width"] == float("inf")
     assert backbone["pretrained"].endswith("pretrained_backbone.pt")
     assert backbone["name"] == "echo-vit-tiny"  # the checkpoint's arch
     assert list((root / "data/08_reporting/fewshot_plots/k1_seed0").glob("*/*/mfl_attention.png"))
+
+
+def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None:
+    import numpy as np
+
+    from cardiac_pipeline.pipelines.fewshot.nodes import summarise_fewshot
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(20, 75, 50)
+    zero_shot = true + rng.normal(0, 8, 50)
+    rows, predictions = [], {}
+    for k in (1, 2):
+        for seed in (0, 1):
+            name = f"k{k}_seed{seed}"
+            pred = true + rng.normal(0, 6, 50)
+            predictions[name] = pd.DataFrame(
+                {
+                    "FileName": [f"v{i}" for i in range(50)],
+                    "EF_true": true,
+                    "EF_pred": pred,
+                    "covered": (np.abs(pred - true) <= 10).astype(float),
+                    "EF_pred_zero_shot": zero_shot,
+                    "EF_pred_val_median_predictor": 58.0,
+                }
+            )
+            for method in ("cardiac_clip", "zero_shot", "val_median_predictor"):
+                rows.append({"split": name, "method": method, "k": k, "seed": seed})
+    long = pd.concat([table.assign(split=name) for name, table in predictions.items()])
+    summary, markdown, _ = summarise_fewshot(pd.DataFrame(rows), long, {"bootstrap_resamples": 200})
+    model = summary[summary["method"] == "cardiac_clip"]
+    assert (model["n"] == 2).all() and model["coverage_90_mean"].between(0.8, 1).all()
+    for method in ("zero_shot", "val_median_predictor"):
+        assert f"| {method} | any | 1 |" in markdown  # once, not at each k with ± 0.00
+    assert markdown.count("| cardiac_clip |") == 2 and "nan" not in markdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,52 @@ def test_mixed_folder_three_predictions_one_failure_deterministic(
     for where, text in (("CSV", first.to_csv()), ("failures", failures.to_csv()), ("HTML", html)):
         assert_no_phi(text, where)
     assert_no_phi(caplog.text, "logs")
+
+
+def _visible_text(html: str) -> str:
+    """The page without its embedded images (base64 may spell anything)."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+
+
+def test_interval_in_predictions_and_report_after_a_csv_round_trip(
+    checkpoint_file: Path, video_folder: Path, tmp_path: Path
+) -> None:
+    checkpoint = {
+        **recipe.load_checkpoint(checkpoint_file),
+        "interval": {"alpha": 0.1, "half_width": 8.0, "n_val": 60, "n_clips": 2},
+    }
+    predictions, failures, details = predict_folder(
+        video_folder, checkpoint, n_clips=2, device="cpu"
+    )
+    assert (predictions["EF_upper"] - predictions["EF_lower"]).between(0, 16).all()
+    inside = (predictions["EF_lower"] <= predictions["EF_pred"]) & (
+        predictions["EF_pred"] <= predictions["EF_upper"]
+    )
+    assert inside.all() and predictions["EF_lower"].ge(0).all()
+    # the report node reads the tables back from CSV: '' becomes NaN there
+    predictions.to_csv(tmp_path / "p.csv", index=False)
+    failures.to_csv(tmp_path / "f.csv", index=False)
+    html = prediction_report_html(
+        pd.read_csv(tmp_path / "p.csv"),
+        pd.read_csv(tmp_path / "f.csv"),
+        details,
+        interval_level=0.9,
+    )
+    text = _visible_text(html)
+    assert "nan" not in text.lower()
+    summary = text[text.index("<h2>Summary</h2>") : text.index("</table>")]
+    assert text.index("<h2>Summary</h2>") < text.index("<div class='video'>")
+    assert summary.count("<tr><td>") == 3 and "90% interval" in summary
+    assert "clinic_a.avi</td>" in summary and "non_standard_size 80x64" in summary
+    first = predictions.iloc[0]
+    assert f"{first['EF_lower']:.0f}–{first['EF_upper']:.0f}" in summary
+
+    # a model stored without an interval: empty columns, '–' in the report, still no nan
+    plain, _, _ = predict_folder(video_folder, tiny_checkpoint(), n_clips=2, device="cpu")
+    assert plain["EF_lower"].isna().all() and plain["EF_upper"].isna().all()
+    plain.to_csv(tmp_path / "plain.csv", index=False)
+    text = _visible_text(prediction_report_html(pd.read_csv(tmp_path / "plain.csv"), failures, {}))
+    assert "nan" not in text.lower() and "<h2>Summary</h2>" in text
 
 
 def test_other_model_gives_other_numbers(checkpoint_file: Path, video_folder: Path) -> None:

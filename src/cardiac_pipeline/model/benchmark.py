@@ -12,6 +12,7 @@ splits, clips, schedule and evaluation. Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,15 @@ def run_method(
     cache_dir: str | Path,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """TEST predictions (``FileName, EF_true, EF_pred``) of one method trained on ``split``."""
+    """VAL and TEST predictions (``FileName, role, EF_true, EF_pred``) of one method.
+
+    VAL is predicted like TEST (same clips), so its residuals calibrate the method's
+    conformal interval whose TEST coverage the benchmark reports.
+    """
     kind = method_kind(name, method)
     settings = method_settings(method, base)
     test = split[split["role"] == "test"]
+    val = split[split["role"] == "val"]
     train = split[split["role"] == "train"]
     uses_pretrained = method.get("pretrained", kind in ("zero_shot", "linear_probe"))
     if uses_pretrained and not pretrained_backbone:
@@ -122,9 +128,11 @@ def run_method(
     device = settings["training"].get("device", "auto")
 
     if kind == "zero_shot":
-        return _zero_shot(store, test, settings)
+        return _with_roles(val, test, lambda rows: zero_shot_predictions(store, rows, settings))
     if kind == "linear_probe":
-        return _linear_probe(store, train, test, settings, Path(cache_dir))
+        return _with_roles(
+            val, test, lambda rows: _linear_probe(store, train, rows, settings, Path(cache_dir))
+        )
     arch = {
         "backbone": settings["backbone"],
         "cardiac_clip": {**settings["cardiac_clip"], "method": name},
@@ -174,16 +182,32 @@ def run_method(
         state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict(state)
     checkpoint = {"clips": settings["clips"]}
-    predictions, _ = recipe.predict_on_table(
-        store,
-        test,
-        checkpoint,
-        {**settings["evaluation"], "device": device},
-        model=model,
-        progress=progress,
-        cache=cache.scoped({"arch": arch}),
-    )
-    return predictions[["FileName", "EF_true", "EF_pred"]]
+
+    def predict(rows: pd.DataFrame) -> pd.DataFrame:
+        predictions, _ = recipe.predict_on_table(
+            store,
+            rows,
+            checkpoint,
+            {**settings["evaluation"], "device": device},
+            model=model,
+            progress=progress,
+            cache=cache.scoped({"arch": arch}),
+        )
+        return predictions[["FileName", "EF_true", "EF_pred"]]
+
+    return _with_roles(val, test, predict)
+
+
+def _with_roles(
+    val: pd.DataFrame, test: pd.DataFrame, predict: Callable[[pd.DataFrame], pd.DataFrame]
+) -> pd.DataFrame:
+    """``predict`` on VAL and on TEST apart (each keeps its prediction-cache entry), tagged."""
+    parts = [
+        predict(rows).assign(role=role)
+        for role, rows in (("val", val), ("test", test))
+        if len(rows)
+    ]
+    return pd.concat(parts, ignore_index=True)[["FileName", "role", "EF_true", "EF_pred"]]
 
 
 def _pretrained(settings: dict[str, Any]):
@@ -192,7 +216,10 @@ def _pretrained(settings: dict[str, Any]):
     return create_backbone(settings["backbone"]["name"], settings["backbone"]["pretrained"])
 
 
-def _zero_shot(store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+def zero_shot_predictions(
+    store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]
+) -> pd.DataFrame:
+    """``FileName, EF_true, EF_pred`` of the pretrained CLIP's zero-shot prompts (no labels)."""
     from cardiac_pipeline.model.pretrain import zero_shot_predict
 
     clips, evaluation = settings["clips"], settings["evaluation"]

@@ -37,6 +37,7 @@ from cardiac_pipeline.echo.inputs import (
     list_videos,
     read_input_video,
 )
+from cardiac_pipeline.echo.uncertainty import interval_text, prediction_interval
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.prompts import LVEF_RANGES
 from cardiac_pipeline.model.train import predict_videos
@@ -52,6 +53,8 @@ PREDICTION_COLUMNS = (
     "file",
     "anonymous_id",
     "EF_pred",
+    "EF_lower",
+    "EF_upper",
     *RANGE_COLUMNS,
     "n_clips",
     "EF_clip_sd",
@@ -207,9 +210,10 @@ def predict_folder(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, Any]]]:
     """Predict LVEF for every video in ``folder``: (predictions, failures, attention).
 
-    predictions: one row per readable video, columns ``PREDICTION_COLUMNS`` (range
-    probabilities named after the LVEF ranges, in order bin 0..4; ``flags`` a ``;``-joined
-    list from ``input_quality_flags``, empty when none). failures: ``file, reason``.
+    predictions: one row per readable video, columns ``PREDICTION_COLUMNS`` (``EF_lower``,
+    ``EF_upper``: the model's conformal interval, NaN for a model stored without one;
+    range probabilities named after the LVEF ranges, in order bin 0..4; ``flags`` a
+    ``;``-joined list from ``input_quality_flags``, empty when none). failures: ``file, reason``.
     attention: ``{file: {attention (N, T), frame_indices (N, T), start (N,), frames}}``
     where ``frames`` holds a few model-ready frames for reports. ``load_batch`` videos are
     held in memory at a time. ``quality`` overrides ``input_quality_flags`` thresholds
@@ -219,6 +223,7 @@ def predict_folder(
     n_clips = n_clips if n_clips == "all" else int(n_clips)
     model = model or recipe.model_from_checkpoint(checkpoint)
     quality = dict(quality or {})
+    half_width = interval_half_width(checkpoint, n_clips)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     attention: dict[str, dict[str, Any]] = {}
@@ -254,7 +259,12 @@ def predict_folder(
                 "file": video.display_name,
                 "anonymous_id": video.anonymous_id or "",
                 "EF_pred": float(pred["EF_pred"]),
+                "EF_lower": np.nan,
+                "EF_upper": np.nan,
             }
+            if half_width is not None:
+                lower, upper = prediction_interval(row["EF_pred"], half_width)
+                row.update(EF_lower=float(lower), EF_upper=float(upper))
             for k, column in enumerate(RANGE_COLUMNS):
                 row[column] = float(pred.get(f"p_bin_{k}", np.nan))
             row.update(
@@ -276,7 +286,55 @@ def predict_folder(
     return predictions, pd.DataFrame(failures, columns=["file", "reason"]), attention
 
 
+def interval_half_width(checkpoint: dict[str, Any], n_clips: int | str) -> float | None:
+    """The checkpoint's conformal half-width, or None when it was stored without one.
+
+    The interval was calibrated on VAL predictions of ``interval.n_clips`` clips per video;
+    predicting with another number of clips changes how noisy a prediction is, so it is
+    said in the log (the interval is still given).
+    """
+    interval = checkpoint.get("interval") or {}
+    if "half_width" not in interval:
+        logger.info("model has no stored prediction interval (trained without VAL videos)")
+        return None
+    calibrated = interval.get("n_clips")
+    if calibrated is not None and str(calibrated) != str(n_clips):
+        logger.warning(
+            "prediction interval calibrated with %s clips per video, predicting with %s "
+            "(set predict.n_clips to %s for the stated coverage)",
+            calibrated,
+            n_clips,
+            calibrated,
+        )
+    return float(interval["half_width"])
+
+
+def interval_level(checkpoint: dict[str, Any]) -> float | None:
+    """The coverage the checkpoint's interval aims at (0.9 for alpha 0.1), or None."""
+    interval = checkpoint.get("interval") or {}
+    return 1.0 - float(interval["alpha"]) if "alpha" in interval else None
+
+
 # ---------------------------------------------------------------------------- report
+
+
+def _present(value: Any) -> bool:
+    """False for None, NaN and empty text (a CSV round trip turns '' into NaN)."""
+    if value is None:
+        return False
+    if isinstance(value, float) and not np.isfinite(value):
+        return False
+    return str(value).strip() not in ("", "nan", "None")
+
+
+def _number(value: Any, spec: str, missing: str = "–") -> str:
+    return format(float(value), spec) if _present(value) else missing
+
+
+def _interval_cell(row: Any) -> str:
+    if _present(row.get("EF_lower")) and _present(row.get("EF_upper")):
+        return f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
+    return "–"
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -312,6 +370,13 @@ def _figure_base64(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _video_label(row: Any) -> str:
+    """File name, with the anonymised id of a DICOM when it has one."""
+    name = str(row["file"])
+    anonymous = row.get("anonymous_id")
+    return f"{name} ({anonymous})" if _present(anonymous) else name
+
+
 def prediction_report_html(
     predictions: pd.DataFrame,
     failures: pd.DataFrame,
@@ -319,11 +384,14 @@ def prediction_report_html(
     *,
     title: str = "LVEF predictions",
     model_source: str = "",
+    interval_level: float | None = None,
 ) -> str:
-    """A self-contained HTML page: per video a few frames, LVEF, range probabilities, MFL attention.
+    """A self-contained HTML page: a table of all videos, then per video a few frames, LVEF
+    with its prediction interval, range probabilities and MFL attention.
 
     Images are embedded as base64 PNG, so the page is one file to share. Videos are named
-    by file name (DICOM: file name and anonymised id), never by header content.
+    by file name (DICOM: file name and anonymised id), never by header content. A value
+    that is missing reads '–', never 'nan'. ``interval_level`` (0.9) names the interval.
     """
     from html import escape
 
@@ -341,6 +409,25 @@ def prediction_report_html(
         + (f" Model: <code>{escape(model_source)}</code>" if model_source else "")
         + "</p>",
     ]
+    level = f"{100 * interval_level:g}% interval" if interval_level else "interval"
+    if len(predictions):
+        parts.append(
+            "<h2>Summary</h2><table class='summary'><tr><th>file</th><th>LVEF %</th>"
+            f"<th>{escape(level)}</th><th>flags</th></tr>"
+        )
+        for _, row in predictions.iterrows():
+            flags = str(row["flags"]) if _present(row.get("flags")) else "none"
+            parts.append(
+                f"<tr><td>{escape(_video_label(row))}</td><td>{_number(row['EF_pred'], '.0f')}</td>"
+                f"<td>{_interval_cell(row)}</td><td>{escape(flags)}</td></tr>"
+            )
+        parts.append("</table>")
+        if interval_level:
+            parts.append(
+                f"<p>{escape(level)}: split conformal on the model's VAL errors; about "
+                f"{100 * interval_level:g}% of videos like the validation videos have their "
+                "true LVEF inside it (not a guarantee for unlike input: see flags).</p>"
+            )
     if len(failures):
         parts.append("<h2>Unreadable files</h2><table><tr><th>file</th><th>reason</th></tr>")
         for _, row in failures.iterrows():
@@ -350,19 +437,29 @@ def prediction_report_html(
         parts.append("</table>")
     for _, row in predictions.iterrows():
         name = str(row["file"])
-        label = name + (f" ({row['anonymous_id']})" if row.get("anonymous_id") else "")
-        parts.append(f"<div class='video'><h2>{escape(label)}</h2>")
-        parts.append(
-            f"<p><b>LVEF {row['EF_pred']:.1f}%</b> (SD over {int(row['n_clips'])} clips "
-            f"{row['EF_clip_sd']:.1f}); {int(row['n_frames'])} frames at {row['fps']:g} fps</p>"
+        parts.append(f"<div class='video'><h2>{escape(_video_label(row))}</h2>")
+        if interval_level and _interval_cell(row) != "–":
+            estimate = interval_text(
+                row["EF_pred"], row["EF_lower"], row["EF_upper"], interval_level
+            )
+        else:
+            estimate = f"EF {_number(row['EF_pred'], '.0f')}"
+        spread = (
+            f" (SD over {int(row['n_clips'])} clips {row['EF_clip_sd']:.1f})"
+            if _present(row.get("EF_clip_sd")) and _present(row.get("n_clips"))
+            else ""
         )
-        flags = str(row.get("flags") or "")
-        if flags and flags != "nan":
+        parts.append(
+            f"<p><b>{estimate}</b>{spread}; {_number(row.get('n_frames'), '.0f')} frames at "
+            f"{_number(row.get('fps'), 'g')} fps</p>"
+        )
+        flags = str(row.get("flags")) if _present(row.get("flags")) else ""
+        if flags:
             parts.append(f"<p class='flag'>Input unlike training data: {escape(flags)}</p>")
         cells = "".join(
             f"<tr><td>{escape(r.name.title())}</td><td>{row[c]:.2f}</td></tr>"
             for r, c in zip(LVEF_RANGES, RANGE_COLUMNS, strict=True)
-            if c in row and pd.notna(row[c])
+            if c in row and _present(row[c])
         )
         if cells:
             parts.append(f"<table><tr><th>LVEF range</th><th>probability</th></tr>{cells}</table>")

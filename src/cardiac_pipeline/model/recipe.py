@@ -314,6 +314,34 @@ def train_on_split(
     return checkpoint, result
 
 
+def calibrate_interval(
+    checkpoint: dict[str, Any],
+    store: ClipStore,
+    split: pd.DataFrame,
+    evaluation: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Store the split-conformal interval of the selected model in ``checkpoint["interval"]``.
+
+    VAL is predicted once more, as TEST and predict do (``evaluation.n_clips``; training
+    scored VAL with ``clips.val_clips``), so that its residuals are exchangeable with
+    theirs; the half-width is their ``ceil((n + 1)(1 - alpha))``-th smallest value
+    (``evaluation.interval_alpha``). None (and nothing stored) without VAL videos.
+    """
+    from cardiac_pipeline.echo.metrics import interval_alpha
+    from cardiac_pipeline.echo.uncertainty import conformal_calibration
+
+    val = split[split["role"] == "val"]
+    if val.empty:
+        return None
+    table, _ = predict_on_table(store, val, checkpoint, evaluation, progress=progress)
+    interval = conformal_calibration(table["EF_true"], table["EF_pred"], interval_alpha(evaluation))
+    interval["n_clips"] = evaluation.get("n_clips", 4)
+    checkpoint["interval"] = interval
+    return interval
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
     """Rebuild a trained CardiacCLIP (architecture from the checkpoint, then its weights)."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:

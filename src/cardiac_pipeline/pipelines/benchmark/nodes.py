@@ -15,11 +15,22 @@ from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split
 from cardiac_pipeline.echo.metrics import (
+    CI_DECIMALS,
+    CI_HEADERS,
+    CI_METRICS,
+    bootstrap_settings,
+    ci_table_preamble,
+    conformal_by_model,
     ef_metrics,
-    format_mean_sd,
+    format_ci_table,
+    format_paired_differences,
+    interval_alpha,
+    paired_differences,
     split_baselines,
-    summarise_over_seeds,
+    split_reference_methods,
+    summarise_with_ci,
 )
+from cardiac_pipeline.echo.uncertainty import coverage_key
 from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.workers import share_cores
@@ -100,10 +111,15 @@ def _base_recipe(benchmark: dict[str, Any], sections: dict[str, Any]) -> dict[st
     return base
 
 
+PREDICTION_COLUMNS = ["method", "k", "seed", "FileName", "role", "EF_true", "EF_pred"]
+
+
 def _metrics_row(
     name: str, k: int | None, seed: int | None, predictions: pd.DataFrame, seconds: float
 ) -> pd.DataFrame:
-    metrics = ef_metrics(predictions["EF_true"], predictions["EF_pred"])
+    """The TEST metrics row of one (method, k, seed); ``predictions`` has VAL and TEST."""
+    tested = predictions[predictions["role"] == "test"]
+    metrics = ef_metrics(tested["EF_true"], tested["EF_pred"])
     log_metrics({**{f"test_{m}": v for m, v in metrics.items()}, "seconds": seconds})
     return pd.DataFrame(
         [
@@ -130,8 +146,9 @@ def run_benchmark_method(
     pretrained_backbone: str | None = None,
     *,
     method: str,
-) -> pd.DataFrame:
-    """Train (or fit) one method on one split and test it: its metrics row, and an MLflow
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train (or fit) one method on one split and test it: its metrics row and per-video
+    VAL and TEST predictions (for bootstrap CIs and conformal coverage), and an MLflow
     run tagged method, k, seed under the pipeline's run."""
     share_cores()
     base = _base_recipe(
@@ -171,7 +188,7 @@ def run_benchmark_method(
         row["mae"].iloc[0],
         row["seconds"].iloc[0],
     )
-    return row
+    return row, predictions.assign(method=method, k=k, seed=seed)[PREDICTION_COLUMNS]
 
 
 def predict_zero_shot(
@@ -187,7 +204,8 @@ def predict_zero_shot(
     *,
     method: str,
 ) -> pd.DataFrame:
-    """A zero-shot method's TEST predictions: one model, no labels, so one node for every split."""
+    """A zero-shot method's VAL and TEST predictions: one model, no labels, so one node for
+    every split (VAL too, for its conformal interval)."""
     share_cores()
     base = _base_recipe(
         benchmark,
@@ -199,13 +217,14 @@ def predict_zero_shot(
             "evaluation": evaluation,
         },
     )
-    test = video_index[video_index["Split"] == "TEST"].assign(role="test")
+    rows = video_index[video_index["Split"].isin(["VAL", "TEST"])]
+    rows = rows.assign(role=rows["Split"].str.lower())
     started = time.perf_counter()
     predictions = run_method(
         method,
         benchmark["methods"][method],
         clip_store,
-        test,
+        rows,
         base=base,
         pretrained_backbone=pretrained_backbone,
         cache_dir=benchmark["work_dir"],
@@ -215,40 +234,113 @@ def predict_zero_shot(
 
 def score_zero_shot(
     benchmark_split: pd.DataFrame, zero_shot_predictions: pd.DataFrame, *, method: str
-) -> pd.DataFrame:
-    """The zero-shot predictions scored on this split's TEST videos (its metrics row)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The zero-shot predictions on this split's VAL and TEST videos: its metrics row and
+    per-video predictions."""
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
-    test = benchmark_split.loc[benchmark_split["role"] == "test", "FileName"]
-    predictions = zero_shot_predictions[zero_shot_predictions["FileName"].isin(test)]
+    roles = benchmark_split.loc[benchmark_split["role"].isin(["val", "test"]), ["FileName", "role"]]
+    predictions = zero_shot_predictions.drop(columns=["role"], errors="ignore").merge(
+        roles, on="FileName"
+    )
     tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
     with child_run(f"{method}-k{k}_seed{seed}", tags):
-        return _metrics_row(
+        row = _metrics_row(
             method, k, seed, predictions, float(zero_shot_predictions["seconds"].iloc[0])
         )
+    return row, predictions.assign(method=method, k=k, seed=seed)[PREDICTION_COLUMNS]
 
 
-def score_constant_predictors(benchmark_split: pd.DataFrame) -> pd.DataFrame:
-    """The constant predictors' rows (training mean, VAL median) on this split."""
+def score_constant_predictors(benchmark_split: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The constant predictors (training mean, VAL median) on this split: their metrics
+    rows and per-video VAL and TEST predictions."""
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
     test = benchmark_split[benchmark_split["role"] == "test"]
-    return pd.DataFrame(
+    baselines = split_baselines(benchmark_split, test["EF"])
+    rows = pd.DataFrame(
         [
             {"method": baseline, "k": k, "seed": seed, **{m: values[m] for m in METRICS}}
-            for baseline, values in split_baselines(benchmark_split, test["EF"]).items()
+            for baseline, values in baselines.items()
         ]
+    )
+    predictions = pd.concat(
+        [
+            _constant_predictions(benchmark_split, values["constant"], baseline, k, seed)
+            for baseline, values in baselines.items()
+        ],
+        ignore_index=True,
+    )
+    return rows, predictions
+
+
+def combine_benchmark_tables(*tables: pd.DataFrame) -> pd.DataFrame:
+    """Every (method, k, seed)'s rows (metrics, or per-video predictions) in one table."""
+    return pd.concat(tables, ignore_index=True)
+
+
+def _constant_predictions(
+    split: pd.DataFrame, constant: float, method: str, k: int, seed: int
+) -> pd.DataFrame:
+    """A constant baseline's per-video predictions on VAL and TEST (for CIs and intervals)."""
+    rows = split[split["role"].isin(["val", "test"])]
+    return pd.DataFrame(
+        {
+            "method": method,
+            "k": k,
+            "seed": seed,
+            "FileName": rows["FileName"].to_numpy(),
+            "role": rows["role"].to_numpy(),
+            "EF_true": rows["EF"].to_numpy(dtype=float),
+            "EF_pred": float(constant),
+        }
     )
 
 
-def combine_benchmark_metrics(*rows: pd.DataFrame) -> pd.DataFrame:
-    """Every (method, k, seed) row in one table."""
-    return pd.concat(rows, ignore_index=True)
+def summarise_benchmark(
+    benchmark_metrics: pd.DataFrame,
+    benchmark_predictions: pd.DataFrame,
+    benchmark: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, str, Figure, pd.DataFrame, str]:
+    """Per (method, k): mean ± SD over seeds with a bootstrap CI on TEST, and paired CIs.
 
-
-def summarise_benchmark(benchmark_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:
-    """Mean ± SD over seeds per (method, k): CSV, markdown table and MAE-versus-k plot."""
-    summary = summarise_over_seeds(benchmark_metrics, ["method", "k"], METRICS)
-    markdown = format_mean_sd(summary, ["method", "k"], METRICS)
-    figure = plots.mae_vs_k(summary)
+    From the per-video predictions: each metric's percentile bootstrap CI over TEST videos,
+    the TEST coverage of each model's conformal interval (calibrated on its VAL
+    predictions, ``evaluation.interval_alpha``), and ``benchmark.comparisons`` as paired
+    bootstrap CIs of the differences (per seed and pooled over seeds). Returns the summary
+    CSV and markdown, the MAE-versus-k plot, and the paired differences CSV and markdown.
+    """
+    alpha = interval_alpha(evaluation)
+    coverage = coverage_key(alpha)
+    bootstrap = bootstrap_settings(evaluation)
+    tested = conformal_by_model(benchmark_predictions, alpha)
+    summary = summarise_with_ci(
+        tested, ["method", "k"], video_means={coverage: "covered"}, **bootstrap
+    )
+    if "seconds" in benchmark_metrics:
+        seconds = benchmark_metrics.groupby(["method", "k"], as_index=False)["seconds"].mean()
+        summary = summary.merge(seconds.rename(columns={"seconds": "seconds_mean"}), how="left")
+    columns = [*CI_METRICS, coverage]
+    markdown = ci_table_preamble(bootstrap, alpha) + format_ci_table(
+        summary, ["method", "k"], columns, decimals=CI_DECIMALS, headers=CI_HEADERS
+    )
+    lines, references = split_reference_methods(summary)
+    figure = plots.mae_vs_k(lines, reference_lines=references)
+    present = set(summary["method"])
+    comparisons = [
+        pair
+        for pair in benchmark.get("comparisons") or []
+        if all(side.partition("@")[0] in present for side in pair)
+    ]
+    paired = paired_differences(tested, comparisons, **bootstrap)
+    paired_markdown = (
+        f"Paired differences A - B on the same TEST videos: {100 * bootstrap['level']:g}% "
+        f"bootstrap CI ({bootstrap['n_resamples']} resamples of the videos, the same "
+        "resample for both methods and every seed). Negative MAE: A errs less.\n\n"
+        + format_paired_differences(paired)
+        if len(paired)
+        else "No comparison of `benchmark.comparisons` has both methods in this run.\n"
+    )
     log_metrics({f"{r.method}.k{r.k}.mae_mean": r.mae_mean for r in summary.itertuples()})
     logger.info("Benchmark (test set):\n%s", markdown)
-    return summary, markdown, figure
+    logger.info("Paired differences (test set):\n%s", paired_markdown)
+    return summary, markdown, figure, paired, paired_markdown

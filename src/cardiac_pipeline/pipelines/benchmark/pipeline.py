@@ -18,7 +18,7 @@ from cardiac_pipeline.pipelines.data import data_pipeline
 from cardiac_pipeline.pipelines.fewshot.pipeline import _across_namespaces, _bound
 
 from .nodes import (
-    combine_benchmark_metrics,
+    combine_benchmark_tables,
     make_benchmark_split,
     predict_zero_shot,
     run_benchmark_method,
@@ -46,7 +46,12 @@ def _split_pipeline(
             outputs="split",
             name="sample_split",
         ),
-        Node(score_constant_predictors, inputs="split", outputs="constants", name="constants"),
+        Node(
+            score_constant_predictors,
+            inputs="split",
+            outputs=["constants", "constants_predictions"],
+            name="constants",
+        ),
     ]
     for method in methods:
         if kinds[method] == "zero_shot":
@@ -55,7 +60,7 @@ def _split_pipeline(
                     lambda method=method: Node(
                         _bound(score_zero_shot, method=method),
                         inputs=["split", f"{NAMESPACE}.{method}.predictions"],
-                        outputs=method,
+                        outputs=[method, f"{method}_predictions"],
                         name=method,
                     )
                 )
@@ -65,7 +70,7 @@ def _split_pipeline(
                 Node(
                     _bound(run_benchmark_method, method=method),
                     inputs=["clip_store", "split", "params:benchmark", *RECIPE, *backbone],
-                    outputs=method,
+                    outputs=[method, f"{method}_predictions"],
                     name=method,
                 )
             )
@@ -119,16 +124,35 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
         [
             _across_namespaces(
                 lambda: Node(
-                    combine_benchmark_metrics,
+                    combine_benchmark_tables,
                     inputs=rows,
                     outputs="benchmark_metrics",
                     name="combine_benchmark_metrics",
                 )
             ),
+            _across_namespaces(
+                lambda: Node(
+                    combine_benchmark_tables,
+                    inputs=[f"{row}_predictions" for row in rows],
+                    outputs="benchmark_predictions",
+                    name="combine_benchmark_predictions",
+                )
+            ),
             Node(
                 summarise_benchmark,
-                inputs="benchmark_metrics",
-                outputs=["benchmark_summary", "benchmark_table", "benchmark_mae_vs_k"],
+                inputs=[
+                    "benchmark_metrics",
+                    "benchmark_predictions",
+                    "params:benchmark",
+                    "params:evaluation",
+                ],
+                outputs=[
+                    "benchmark_summary",
+                    "benchmark_table",
+                    "benchmark_mae_vs_k",
+                    "benchmark_paired_differences",
+                    "benchmark_paired_differences_table",
+                ],
                 name="summarise_benchmark",
             ),
         ]

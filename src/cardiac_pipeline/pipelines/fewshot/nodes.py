@@ -10,11 +10,13 @@ MLflow run), evaluation reopens it for test metrics, plots, predictions and the 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -23,12 +25,21 @@ from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
 from cardiac_pipeline.echo.metrics import (
+    CI_DECIMALS,
+    CI_HEADERS,
+    bootstrap_ef_metrics,
+    bootstrap_settings,
+    ci_table_preamble,
     ef_metrics,
-    format_mean_sd,
+    format_ci_table,
+    interval_alpha,
     split_baselines,
-    summarise_over_seeds,
+    split_reference_methods,
+    summarise_with_ci,
 )
+from cardiac_pipeline.echo.uncertainty import coverage_key, prediction_interval
 from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.benchmark import zero_shot_predictions
 from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.workers import share_cores
 from cardiac_pipeline.tracking import (
@@ -156,6 +167,7 @@ def train_fewshot_model(
             eval_batch_size=int(evaluation.get("batch_size", 1)),
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
         )
+        recipe.calibrate_interval(checkpoint, clip_store, k_shot_split, evaluation)
         checkpoint["meta"]["mlflow_run_id"] = run_id
         checkpoint["meta"]["split"] = name
         if run_id:
@@ -165,32 +177,75 @@ def train_fewshot_model(
     return checkpoint
 
 
+def predict_zero_shot_reference(
+    clip_store: ClipStore,
+    k_shot_split: pd.DataFrame,
+    backbone: dict[str, Any],
+    clips: dict[str, Any],
+    evaluation: dict[str, Any],
+    pretrained_backbone: Path | None = None,
+) -> pd.DataFrame:
+    """The zero-shot CLIP of the run's backbone on the TEST videos (every model of a run
+    shares them): the reference that shows what adaptation adds. Empty for a backbone
+    that starts from random weights (no CLIP to ask)."""
+    share_cores()
+    backbone = recipe.with_pretrained(
+        backbone, str(pretrained_backbone) if pretrained_backbone else None
+    )
+    if not recipe.starts_pretrained({"backbone": backbone}):
+        return pd.DataFrame(columns=["FileName", "EF_true", "EF_pred"])
+    settings = {
+        "backbone": backbone,
+        "clips": clips,
+        "evaluation": {"n_clips": evaluation.get("n_clips", 2)},
+    }
+    test = k_shot_split[k_shot_split["role"] == "test"]
+    return zero_shot_predictions(clip_store, test, settings)
+
+
 def evaluate_fewshot_model(
     clip_store: ClipStore,
     video_index: pd.DataFrame,
     k_shot_split: pd.DataFrame,
     fewshot_model: dict[str, Any],
     evaluation: dict[str, Any],
+    zero_shot: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Figure]]:
-    """Test one model: per-video predictions, its metrics rows (with the constant
-    predictors' on the same split) and its plots."""
+    """Test one model: per-video predictions, its metrics rows and its plots.
+
+    Next to the model the references on the same TEST videos: the constants of its split
+    and the zero-shot CLIP of its backbone (no labels: what adaptation adds). The per-video
+    table holds the model's ``EF_pred`` with its conformal interval (``EF_lower``,
+    ``EF_upper``; the checkpoint's ``interval``) and each reference as ``EF_pred_<method>``.
+    Metrics rows carry a bootstrap CI (``<m>_ci_low``, ``<m>_ci_high``) of every metric
+    and the TEST coverage of the interval.
+    """
     share_cores()
+    alpha = interval_alpha(evaluation)
+    coverage = coverage_key(alpha)
+    bootstrap = bootstrap_settings(evaluation)
     name = model_name(k_shot_split)
     k, seed = recipe.split_k_seed(k_shot_split)
     test = k_shot_split[k_shot_split["role"] == "test"]
     table, attention = recipe.predict_on_table(clip_store, test, fewshot_model, evaluation)
-    metrics = ef_metrics(table["EF_true"], table["EF_pred"])
+    table = _with_interval(table, fewshot_model.get("interval"))
+    metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, coverage, table["covered"])
     baselines = split_baselines(k_shot_split, table["EF_true"])
     method = fewshot_model["arch"]["cardiac_clip"].get("method", "cardiac_clip")
     rows = [{"split": name, "method": method, "k": k, "seed": seed, **metrics}]
-    for baseline, values in baselines.items():
+    references = {b: np.full(len(table), v["constant"]) for b, v in baselines.items()}
+    if zero_shot is not None and len(zero_shot):
+        by_file = zero_shot.set_index("FileName")["EF_pred"]
+        references[ZERO_SHOT] = by_file.loc[table["FileName"]].to_numpy(dtype=float)
+    for reference, values in references.items():
+        table[f"EF_pred_{reference}"] = values
         rows.append(
             {
                 "split": name,
-                "method": baseline,
+                "method": reference,
                 "k": k,
                 "seed": seed,
-                **{m: values[m] for m in ["n", *METRIC_COLUMNS]},
+                **_metrics_with_ci(table, values, bootstrap),
             }
         )
     figures = _evaluation_figures(name, table, attention, video_index, evaluation)
@@ -205,42 +260,120 @@ def evaluate_fewshot_model(
             _log_table(table, "test_predictions.csv")
             _log_checkpoint(fewshot_model)
     logger.info(
-        "%s: test MAE %.2f (constants: %s), RMSE %.2f, R2 %.3f",
+        "%s: test MAE %.2f (references: %s), RMSE %.2f, R2 %.3f, %s %.2f",
         name,
         metrics["mae"],
-        ", ".join(f"{b} {v['mae']:.2f}" for b, v in baselines.items()),
+        ", ".join(f"{r['method']} {r['mae']:.2f}" for r in rows[1:]),
         metrics["rmse"],
         metrics["r2"],
+        coverage,
+        metrics[coverage],
     )
-    return table, pd.DataFrame(rows), figures
+    return table.assign(split=name), pd.DataFrame(rows), figures
 
 
-def combine_fewshot_metrics(*model_metrics: pd.DataFrame) -> pd.DataFrame:
-    """Every model's metrics rows in one table (grid order)."""
-    return pd.concat(model_metrics, ignore_index=True)
+def combine_fewshot_tables(*tables: pd.DataFrame) -> pd.DataFrame:
+    """Every model's rows (metrics, or per-video predictions) in one table, grid order."""
+    return pd.concat(tables, ignore_index=True)
 
 
-def summarise_fewshot(fewshot_metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, Figure]:
-    """Mean and SD over seeds per (method, k): a CSV, a markdown table and MAE-versus-k plot."""
-    if fewshot_metrics["k"].isna().all():  # a user split file: one model, no k grid
-        summary = summarise_over_seeds(fewshot_metrics, ["method"], METRIC_COLUMNS)
-        markdown = format_mean_sd(summary, ["method"], METRIC_COLUMNS)
-        figure = plots.mae_by_range_bar(
-            summary, "Test MAE per method (split file)", "method", "mae_mean", "n", "mae_sd"
-        )
-        log_metrics({f"{row.method}.mae_mean": row.mae_mean for row in summary.itertuples()})
-    else:
-        summary = summarise_over_seeds(fewshot_metrics, ["method", "k"], METRIC_COLUMNS)
-        markdown = format_mean_sd(summary, ["method", "k"], METRIC_COLUMNS)
-        figure = plots.mae_vs_k(summary)
-        log_metrics(
-            {f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()}
-        )
+ZERO_SHOT = "zero_shot"
+
+
+def _with_interval(table: pd.DataFrame, interval: dict[str, Any] | None) -> pd.DataFrame:
+    """TEST predictions with the model's conformal interval (NaN for a model without one)."""
+    if not interval:
+        return table.assign(EF_lower=math.nan, EF_upper=math.nan, covered=math.nan)
+    lower, upper = prediction_interval(table["EF_pred"], float(interval["half_width"]))
+    covered = (table["EF_true"] >= lower) & (table["EF_true"] <= upper)
+    return table.assign(EF_lower=lower, EF_upper=upper, covered=covered.astype(float))
+
+
+def _metrics_with_ci(
+    table: pd.DataFrame,
+    pred: object,
+    bootstrap: dict[str, Any],
+    coverage: str | None = None,
+    covered: object = None,
+) -> dict[str, float]:
+    """``ef_metrics`` with each metric's bootstrap CI and, given ``covered``, the coverage."""
+    metrics = ef_metrics(table["EF_true"], pred)
+    means = {}
+    if coverage is not None:
+        covered = np.asarray(covered, dtype=float)
+        metrics[coverage] = float(covered.mean()) if np.isfinite(covered).all() else math.nan
+        if np.isfinite(covered).all():
+            means[coverage] = covered
+    intervals = bootstrap_ef_metrics(
+        table["EF_true"],
+        pred,
+        n_resamples=bootstrap["n_resamples"],
+        seed=bootstrap["bootstrap_seed"],
+        level=bootstrap["level"],
+        video_means=means,
+    )
+    for name, (low, high) in intervals.items():
+        metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
+    return metrics
+
+
+def summarise_fewshot(
+    fewshot_metrics: pd.DataFrame,
+    fewshot_test_predictions: pd.DataFrame,
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, str, Figure]:
+    """Per (method, k): mean ± SD over seeds and a bootstrap CI over TEST videos.
+
+    From the per-video predictions, so that a CI is that of the seed-averaged metric on
+    the same videos; the references (constants, zero-shot) that do not change with the
+    seed count once. Returns a CSV, a markdown table and the MAE-versus-k plot.
+    """
+    alpha = interval_alpha(evaluation)
+    coverage = coverage_key(alpha)
+    bootstrap = bootstrap_settings(evaluation)
+    by_split = {name: table for name, table in fewshot_test_predictions.groupby("split")}
+    long = _long_predictions(fewshot_metrics, by_split)
+    summary = summarise_with_ci(
+        long, ["method", "k"], video_means={coverage: "covered"}, **bootstrap
+    )
+    markdown = ci_table_preamble(bootstrap, alpha) + format_ci_table(
+        summary,
+        ["method", "k"],
+        [*METRIC_COLUMNS, coverage],
+        decimals=CI_DECIMALS,
+        headers=CI_HEADERS,
+    )
+    lines, references = split_reference_methods(summary)
+    figure = plots.mae_vs_k(lines, reference_lines=references)
+    log_metrics({f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()})
     if mlflow.active_run() is not None:
         _log_table(summary, "fewshot_summary.csv")
         _log_figure(figure, "plots/mae_vs_k.png")
     logger.info("Few-shot summary (test set):\n%s", markdown)
     return summary, markdown, figure
+
+
+def _long_predictions(metrics: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (split, method, TEST video): the model's and each reference's EF_pred."""
+    parts = []
+    for row in metrics[["split", "method", "k", "seed"]].to_dict(orient="records"):
+        table = predictions[row["split"]]
+        column = f"EF_pred_{row['method']}"
+        is_reference = column in table
+        parts.append(
+            pd.DataFrame(
+                {
+                    **row,
+                    "FileName": table["FileName"].to_numpy(),
+                    "EF_true": table["EF_true"].to_numpy(dtype=float),
+                    "EF_pred": table[column if is_reference else "EF_pred"].to_numpy(float),
+                    "covered": math.nan
+                    if is_reference or "covered" not in table
+                    else table["covered"].to_numpy(dtype=float),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
 
 
 def _evaluation_figures(

@@ -20,17 +20,19 @@ from cardiac_pipeline.pipelines.data import data_pipeline, starts_from_pretraini
 
 from .nodes import (
     USER_SPLIT,
-    combine_fewshot_metrics,
+    combine_fewshot_tables,
     evaluate_fewshot_model,
     make_k_shot_split,
     model_names,
+    predict_zero_shot_reference,
     read_user_split,
     summarise_fewshot,
     train_fewshot_model,
 )
 
 NAMESPACE = "fewshot"
-SHARED_INPUTS = {"video_index", "clip_store", "pretrained_backbone"}
+ZERO_SHOT_REFERENCE = "fewshot_zero_shot_predictions"
+SHARED_INPUTS = {"video_index", "clip_store", "pretrained_backbone", ZERO_SHOT_REFERENCE}
 RECIPE_PARAMETERS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
 
 
@@ -75,7 +77,14 @@ def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
             ),
             Node(
                 evaluate_fewshot_model,
-                inputs=["clip_store", "video_index", "k_shot_split", "model", "params:evaluation"],
+                inputs=[
+                    "clip_store",
+                    "video_index",
+                    "k_shot_split",
+                    "model",
+                    "params:evaluation",
+                    ZERO_SHOT_REFERENCE,
+                ],
                 outputs=["predictions", "metrics", "plots"],
                 name="evaluate",
             ),
@@ -97,19 +106,43 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
     names = model_names(parameters["fewshot"])
     pretraining = starts_from_pretraining(parameters.get("backbone"))
     models = sum((model_pipeline(name, names, pretraining) for name in names), Pipeline([]))
+    backbone = ["pretrained_backbone"] if pretraining else []
     summary = Pipeline(
         [
             _across_namespaces(
                 lambda: Node(
-                    combine_fewshot_metrics,
+                    predict_zero_shot_reference,
+                    inputs=[
+                        "clip_store",
+                        f"{NAMESPACE}.{names[0]}.k_shot_split",
+                        "params:backbone",
+                        "params:clips",
+                        "params:evaluation",
+                        *backbone,
+                    ],
+                    outputs=ZERO_SHOT_REFERENCE,
+                    name="predict_zero_shot_reference",
+                )
+            ),
+            _across_namespaces(
+                lambda: Node(
+                    combine_fewshot_tables,
                     inputs=[f"{NAMESPACE}.{name}.metrics" for name in names],
                     outputs="fewshot_metrics",
                     name="combine_metrics",
                 )
             ),
+            _across_namespaces(
+                lambda: Node(
+                    combine_fewshot_tables,
+                    inputs=[f"{NAMESPACE}.{name}.predictions" for name in names],
+                    outputs="fewshot_test_predictions",
+                    name="combine_predictions",
+                )
+            ),
             Node(
                 summarise_fewshot,
-                inputs="fewshot_metrics",
+                inputs=["fewshot_metrics", "fewshot_test_predictions", "params:evaluation"],
                 outputs=["fewshot_summary", "fewshot_summary_table", "fewshot_mae_vs_k"],
                 name="summarise_over_seeds",
             ),

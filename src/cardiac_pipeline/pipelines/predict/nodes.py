@@ -22,6 +22,7 @@ import pandas as pd
 from cardiac_pipeline.config import PredictConfig, build_section
 from cardiac_pipeline.model.predict import (
     default_checkpoint,
+    interval_level,
     predict_folder,
     prediction_report_html,
     resolve_checkpoint,
@@ -71,7 +72,9 @@ def predict_input_folder(
         len(failures),
         metrics["videos_per_s"],
     )
-    return predictions, failures, {"model_source": source, "videos": attention}
+    details = {"model_source": source, "videos": attention}
+    details["interval_level"] = interval_level(checkpoint)
+    return predictions, failures, details
 
 
 def report_predictions(
@@ -87,6 +90,7 @@ def report_predictions(
         prediction_details["videos"],
         title=str(predict.get("report_title", "LVEF predictions")),
         model_source=prediction_details["model_source"],
+        interval_level=prediction_details.get("interval_level"),
     )
     if mlflow.active_run() is not None:
         with tempfile.TemporaryDirectory() as tmp:
