@@ -31,4 +31,4 @@ def test_explore_notebook_runs_on_a_tiny_fewshot_run(kedro_project) -> None:
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # frames, split, predicted vs true, MFL attention
     text = "".join(o.get("text", "") for o in outputs)
-    assert "1 splits: k1_seed0" in text
+    assert "1 models: k1_seed0" in text
