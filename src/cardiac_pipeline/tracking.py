@@ -16,12 +16,15 @@ thread and per process)."""
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log finite numeric metrics to the active run, if any."""
-    if mlflow.active_run() is None:
-        return
+    """Log finite numeric metrics to the active run, if any (in a runner's worker, where
+    no run is active, to the pipeline's run)."""
     clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-    if clean:
+    if not clean:
+        return
+    if mlflow.active_run() is not None:
         mlflow.log_metrics(clean, step=step)
+    elif os.environ.get(PARENT_RUN_ENV):
+        _log_to_parent(clean, step)
 
 
 @contextmanager
@@ -120,3 +123,15 @@ def model_run(name: str, tags: dict[str, Any], run_id: str | None = None) -> Ite
         tags={k: str(v) for k, v in tags.items()},
     ) as run:
         yield run.info.run_id
+
+
+def _log_to_parent(metrics: dict[str, float], step: int | None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(
+        os.environ[PARENT_RUN_ENV],
+        metrics=[Metric(key, value, now, step or 0) for key, value in metrics.items()],
+    )
