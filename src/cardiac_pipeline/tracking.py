@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -191,12 +192,20 @@ def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log finite numeric metrics to the active run, if any."""
-    if mlflow.active_run() is None:
-        return
+    """Log finite numeric metrics to the active run, if any; in a runner's worker (thread
+    or process, where no run is active) to the pipeline's published run."""
     clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-    if clean:
+    if not clean:
+        return
+    if mlflow.active_run() is not None:
         mlflow.log_metrics(clean, step=step)
+        return
+    parent = _parent_run_id()
+    if parent is not None:
+        now = int(time.time() * 1000)
+        MlflowClient().log_batch(
+            parent, metrics=[Metric(k, v, now, step or 0) for k, v in clean.items()]
+        )
 
 
 def log_history(history: Any, step_key: str = "epoch") -> int:

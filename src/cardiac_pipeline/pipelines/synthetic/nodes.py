@@ -28,6 +28,14 @@ def generate_synthetic_folder(root: str | Path, params: dict[str, Any]) -> Path:
     return synthetic.stage_dataset(root, params)
 
 
-def generate_synthetic_echonet(synthetic_params: dict[str, Any]) -> Path:
-    """The embedded target-site dataset at ``synthetic.root`` (see ``generate_synthetic_folder``)."""
-    return generate_synthetic_folder(synthetic_params["root"], dict(synthetic_params["generate"]))
+def generate_synthetic_echonet(echonet_root: str, synthetic_params: dict[str, Any]) -> Path:
+    """The embedded target-site dataset at ``synthetic.root`` (see ``generate_synthetic_folder``).
+
+    When ``echonet_root`` points elsewhere (the user's own dataset) nothing is generated,
+    so ``kedro run --pipeline synthetic --params=echonet_root=...`` never writes anything.
+    """
+    root = Path(synthetic_params["root"])
+    if Path(echonet_root).expanduser().resolve() != root.expanduser().resolve():
+        logger.info("echonet_root is not the synthetic folder; generating nothing")
+        return root
+    return generate_synthetic_folder(root, dict(synthetic_params["generate"]))

@@ -1,8 +1,8 @@
 """``kedro run --pipeline synthetic``: write the embedded EchoNet-format dataset.
 
-It writes only ``synthetic.root`` (``synthetic_echonet`` in the catalog), never the
-``echonet_root`` a user points at; fewshot and benchmark include it only when
-``echonet_root`` is that folder.
+It writes only ``synthetic.root`` (``synthetic_echonet`` in the catalog), and only while
+``echonet_root`` is that folder: never the folder a user points at. fewshot and benchmark
+include it only then.
 """
 
 from kedro.pipeline import Node, Pipeline
@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 generate_synthetic_echonet,
-                inputs="params:synthetic",
+                inputs=["params:echonet_root", "params:synthetic"],
                 outputs="synthetic_echonet",
                 name="generate_synthetic_echonet",
             )
