@@ -686,9 +686,10 @@ def _process_seed(seed: int) -> int:
 
 
 def _place_model(model: nn.Module, config: TrainConfig, device: torch.device) -> None:
+    """On the device; NHWC conv weights where channels-last is on ("auto": on CUDA)."""
     model.to(device)
-    channels_last = config.channels_last
-    if device.type == "cuda" if channels_last == "auto" else bool(channels_last):
+    auto = config.channels_last == "auto"
+    if (device.type == "cuda") if auto else bool(config.channels_last):
         _to_channels_last(model)
 
 
