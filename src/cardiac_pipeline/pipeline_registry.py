@@ -44,7 +44,8 @@ class ProjectParametersHook:
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         global _run_parameters
-        _run_parameters = dict(context.params)
+        # the raw merged parameters: context.params would build the pipelines first
+        _run_parameters = dict(context.config_loader["parameters"])
         if _built_from is not None and _built_from != _run_parameters:
             # pipelines built earlier in this process from other parameters: rebuild
             from kedro.framework.project import pipelines
@@ -55,6 +56,7 @@ class ProjectParametersHook:
 def register_pipelines() -> dict[str, Pipeline]:
     """Every pipeline; the default is ``fewshot``."""
     global _built_from
+    from cardiac_pipeline.config import build_config
     from cardiac_pipeline.pipelines import (
         benchmark,
         fewshot,
@@ -66,6 +68,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     )
 
     parameters = project_parameters()
+    build_config(parameters)  # the grid is read from them: a wrong key is one line, here
     _built_from = parameters
     pipelines = {
         "synthetic": synthetic.create_pipeline(),

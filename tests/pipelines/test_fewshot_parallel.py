@@ -50,11 +50,14 @@ def test_parallel_runner_gives_the_sequential_metrics_and_one_nested_run_per_mod
         "k1_seed0",
         "k1_seed1",
     ]
+    # labels exactly; every number (metrics and their bootstrap CIs) to float tolerance:
+    # workers run with other thread counts, so sums may round differently
+    numbers = sequential.select_dtypes("number").columns.drop(["k", "seed"], errors="ignore")
     pd.testing.assert_frame_equal(
-        sequential.drop(columns=COLUMNS), parallel.drop(columns=COLUMNS), check_dtype=False
+        sequential.drop(columns=numbers), parallel.drop(columns=numbers), check_dtype=False
     )
     pd.testing.assert_frame_equal(
-        sequential[COLUMNS], parallel[COLUMNS], check_exact=False, rtol=1e-3, atol=1e-2
+        sequential[numbers], parallel[numbers], check_exact=False, rtol=1e-3, atol=1e-2
     )
 
     runs = mlflow.search_runs(search_all_experiments=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from cardiac_pipeline.errors import UserError
 from tests.pipelines.test_fewshot_e2e import TINY
 
 
@@ -59,10 +60,10 @@ def test_own_data_and_weights_run_no_synthetic_or_pretraining_node(
     assert metrics.loc[metrics["method"] == "cardiac_clip", "split"].tolist() == ["k1_seed0"]
 
 
-def test_a_mistyped_folder_fails_at_ingestion_and_is_not_created(kedro_project, tmp_path):
+def test_a_mistyped_folder_stops_the_run_and_is_not_created(kedro_project, tmp_path):
     missing = tmp_path / "EchoNet-Dynamik"
     kedro_project.set_params({**TINY, "backbone": {"name": "echo-vit-tiny", "pretrained": None}})
-    with pytest.raises(Exception, match="EchoNet folder not found"):
+    with pytest.raises(UserError, match="echonet_root .*EchoNet-Dynamik': folder not found"):
         kedro_project.run("fewshot", runtime_params={"echonet_root": str(missing)})
     assert not missing.exists()
     assert not (kedro_project.path / "data/01_raw").exists()

@@ -333,19 +333,27 @@ def summarise_fewshot(
     bootstrap = bootstrap_settings(evaluation)
     by_split = {name: table for name, table in fewshot_test_predictions.groupby("split")}
     long = _long_predictions(fewshot_metrics, by_split)
-    summary = summarise_with_ci(
-        long, ["method", "k"], video_means={coverage: "covered"}, **bootstrap
-    )
+    user_split = fewshot_metrics["k"].isna().all()  # a split file: one model, no k grid
+    groups = ["method"] if user_split else ["method", "k"]
+    summary = summarise_with_ci(long, groups, video_means={coverage: "covered"}, **bootstrap)
     markdown = ci_table_preamble(bootstrap, alpha) + format_ci_table(
         summary,
-        ["method", "k"],
+        groups,
         [*METRIC_COLUMNS, coverage],
         decimals=CI_DECIMALS,
         headers=CI_HEADERS,
     )
-    lines, references = split_reference_methods(summary)
-    figure = plots.mae_vs_k(lines, reference_lines=references)
-    log_metrics({f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    if user_split:
+        figure = plots.mae_by_range_bar(
+            summary, "Test MAE per method (split file)", "method", "mae_mean", "n", "mae_sd"
+        )
+        log_metrics({f"{row.method}.mae_mean": row.mae_mean for row in summary.itertuples()})
+    else:
+        lines, references = split_reference_methods(summary)
+        figure = plots.mae_vs_k(lines, reference_lines=references)
+        log_metrics(
+            {f"{row.method}.k{row.k}.mae_mean": row.mae_mean for row in summary.itertuples()}
+        )
     if mlflow.active_run() is not None:
         _log_table(summary, "fewshot_summary.csv")
         _log_figure(figure, "plots/mae_vs_k.png")
