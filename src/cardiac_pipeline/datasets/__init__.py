@@ -2,6 +2,7 @@
 
 from cardiac_pipeline.datasets.clip_store import ClipStoreDataset, ClipStoreRequest
 from cardiac_pipeline.datasets.echonet_folder import EchoNetFolderDataset, SyntheticRequest
+from cardiac_pipeline.datasets.frame_features import FeatureStoreRequest, FrameFeatureStoreDataset
 from cardiac_pipeline.datasets.partitioned import (
     VersionedCheckpointFolderDataset,
     VersionedCSVFolderDataset,
@@ -11,6 +12,8 @@ __all__ = [
     "ClipStoreDataset",
     "ClipStoreRequest",
     "EchoNetFolderDataset",
+    "FeatureStoreRequest",
+    "FrameFeatureStoreDataset",
     "SyntheticRequest",
     "VersionedCSVFolderDataset",
     "VersionedCheckpointFolderDataset",

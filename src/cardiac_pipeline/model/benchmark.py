@@ -98,8 +98,12 @@ def run_method(
     pretrained_backbone: str | None,
     cache_dir: str | Path,
     progress: bool = True,
+    features: Any = None,
 ) -> pd.DataFrame:
-    """TEST predictions (``FileName, EF_true, EF_pred``) of one method trained on ``split``."""
+    """TEST predictions (``FileName, EF_true, EF_pred``) of one method trained on ``split``.
+
+    ``features``: the frame-feature store shared by every method adapted on cached features
+    (``training.adaptation``) and by their TEST predictions."""
     kind = method_kind(name, method)
     settings = method_settings(method, base)
     test = split[split["role"] == "test"]
@@ -133,7 +137,8 @@ def run_method(
     seed = int(split["seed"].dropna().iloc[0]) if split["seed"].notna().any() else 0
     training["seed"] = seed
     extra: dict[str, Any] = {}
-    if kind == "echonet_regressor":
+    if kind == "echonet_regressor":  # its own model on clips: no cached stage, no prompts
+        training.update({"adaptation": "full", "prior_correction": "none"})
         from cardiac_pipeline.model.video_regressor import (
             EchoNetVideoRegressor,
             l1_loss,
@@ -157,7 +162,7 @@ def run_method(
             "initial_ef": initial_ef,
         }
     cache = PredictionCache(Path(cache_dir) / "predictions")
-    _, result = recipe.train_on_split(
+    checkpoint, result = recipe.train_on_split(
         store,
         split,
         arch=arch,
@@ -166,14 +171,12 @@ def run_method(
         eval_batch_size=int(settings["evaluation"].get("batch_size", 1)),
         progress=progress,
         prediction_cache=cache,
+        features=features if kind == "cardiac_clip" else None,
         **extra,
     )
     model = extra.get("model")
-    if model is None:
-        model = recipe.build_cardiac_clip(arch, seed=seed)
-        state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["model"]
-        model.load_state_dict(state)
-    checkpoint = {"clips": settings["clips"]}
+    if model is None:  # the checkpoint holds the best weights of every stage's model
+        model = recipe.model_from_checkpoint(checkpoint)
     predictions, _ = recipe.predict_on_table(
         store,
         test,
@@ -181,7 +184,8 @@ def run_method(
         {**settings["evaluation"], "device": device},
         model=model,
         progress=progress,
-        cache=cache.scoped({"arch": arch}),
+        cache=cache.scoped({"arch": checkpoint.get("arch", arch)}),
+        features=features,
     )
     return predictions[["FileName", "EF_true", "EF_pred"]]
 

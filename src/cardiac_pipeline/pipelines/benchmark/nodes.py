@@ -66,8 +66,11 @@ def run_benchmark(
     clips: dict[str, Any],
     training: dict[str, Any],
     evaluation: dict[str, Any],
+    frame_features: Any = None,
 ) -> pd.DataFrame:
     """Metrics of every (method, k, seed); each one is an MLflow run tagged method, k, seed.
+
+    ``frame_features`` (the frame-feature store) is shared by the methods adapted on it.
 
     The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a
     grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
@@ -113,6 +116,7 @@ def run_benchmark(
                         base=base,
                         pretrained_backbone=pretrained_backbone,
                         cache_dir=benchmark["work_dir"],
+                        features=frame_features,
                     )
                     if method.get("kind") == "zero_shot":
                         zero_shot_cache[name] = predictions

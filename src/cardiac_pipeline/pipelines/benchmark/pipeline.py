@@ -6,6 +6,7 @@ and an EchoNet-style regressor on identical k-shot splits.
 from kedro.pipeline import Node, Pipeline
 
 from cardiac_pipeline.pipelines import ingestion, preprocessing, pretrain, synthetic
+from cardiac_pipeline.pipelines.fewshot.pipeline import frame_features_pipeline
 
 from .nodes import make_benchmark_splits, run_benchmark, summarise_benchmark
 
@@ -31,6 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:clips",
                     "params:training",
                     "params:evaluation",
+                    "frame_features",
                 ],
                 outputs="benchmark_metrics",
                 name="run_benchmark_methods",
@@ -44,7 +46,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         ]
     )
     return (
-        synthetic.create_pipeline()
+        frame_features_pipeline("benchmark_splits")
+        + synthetic.create_pipeline()
         + ingestion.create_pipeline()
         + preprocessing.create_pipeline()
         + pretrain.create_pipeline()

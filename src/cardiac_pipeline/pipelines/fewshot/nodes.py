@@ -63,6 +63,39 @@ def make_k_shot_splits(
     return splits
 
 
+def build_frame_features(
+    clip_store: ClipStore,
+    splits: dict[str, pd.DataFrame],
+    backbone: dict[str, Any],
+    cardiac_clip: dict[str, Any],
+    clips: dict[str, Any],
+    training: dict[str, Any],
+    pretrained_backbone: Path | None = None,
+) -> Any:
+    """What the frame-feature store must hold: the frozen trunk's features of every video
+    the splits use (TRAIN, VAL and TEST), for training and predicting on cached features.
+
+    Shared by every (k, seed) and every method of the same backbone and scales; a video
+    already stored is not encoded again. Nothing to build when ``training.adaptation`` is
+    ``full``.
+    """
+    from cardiac_pipeline.datasets.frame_features import FeatureStoreRequest
+    from cardiac_pipeline.model.features import feature_store_key
+
+    mode, _, _ = recipe.adaptation_settings(training)
+    if mode == "full":
+        return FeatureStoreRequest(model=None, clip_store=clip_store, names=[], spec=None)
+    backbone = recipe.with_pretrained(
+        backbone, str(pretrained_backbone) if pretrained_backbone else None
+    )
+    arch = {"backbone": backbone, "cardiac_clip": cardiac_clip}
+    model = recipe.build_cardiac_clip(arch, seed=0)
+    spec = recipe.clip_spec(clips)
+    names = sorted({str(n) for split in splits.values() for n in split["FileName"]})
+    key = feature_store_key(model, clip_store, spec, backbone["name"])
+    return FeatureStoreRequest(model=model, clip_store=clip_store, names=names, spec=spec, key=key)
+
+
 def train_fewshot_models(
     clip_store: ClipStore,
     k_shot_splits: dict[str, pd.DataFrame],
@@ -72,8 +105,11 @@ def train_fewshot_models(
     training: dict[str, Any],
     evaluation: dict[str, Any],
     pretrained_backbone: Path | None = None,
+    frame_features: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Train one CardiacCLIP per split; returns checkpoints (best validation MAE).
+
+    ``frame_features``: the frame-feature store that the cached adaptation modes train on.
 
     ``backbone.pretrained: pretrain`` starts from ``pretrained_backbone`` (the pretrain
     pipeline's checkpoint); any other value is passed to the backbone factory as it is.
@@ -112,6 +148,7 @@ def train_fewshot_models(
                 training={**training, "seed": seed},
                 eval_batch_size=int(evaluation.get("batch_size", 1)),
                 on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
+                features=frame_features,
             )
             checkpoint["meta"]["mlflow_run_id"] = run_id
             checkpoint["meta"]["split"] = name
@@ -128,14 +165,20 @@ def evaluate_fewshot_models(
     k_shot_splits: dict[str, pd.DataFrame],
     fewshot_models: dict[str, dict[str, Any]],
     evaluation: dict[str, Any],
+    frame_features: Any = None,
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Figure]]:
-    """Test every model; per-video predictions, one metrics row per model, plots."""
+    """Test every model; per-video predictions, one metrics row per model, plots.
+
+    A model adapted on cached features is scored from ``frame_features`` (same frozen trunk).
+    """
     predictions, rows, figures = {}, [], {}
     for name, checkpoint in fewshot_models.items():
         split = k_shot_splits[name]
         k, seed = recipe.split_k_seed(split)
         test = split[split["role"] == "test"]
-        table, attention = recipe.predict_on_table(clip_store, test, checkpoint, evaluation)
+        table, attention = recipe.predict_on_table(
+            clip_store, test, checkpoint, evaluation, features=frame_features
+        )
         metrics = ef_metrics(table["EF_true"], table["EF_pred"])
         baselines = split_baselines(split, table["EF_true"])
         method = checkpoint["arch"]["cardiac_clip"].get("method", "cardiac_clip")

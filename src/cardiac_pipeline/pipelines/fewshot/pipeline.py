@@ -11,11 +11,35 @@ from kedro.pipeline import Node, Pipeline
 from cardiac_pipeline.pipelines import ingestion, preprocessing, pretrain, synthetic
 
 from .nodes import (
+    build_frame_features,
     evaluate_fewshot_models,
     make_k_shot_splits,
     summarise_fewshot,
     train_fewshot_models,
 )
+
+
+def frame_features_pipeline(splits: str) -> Pipeline:
+    """The one node that builds/updates the frame-feature store for the videos of ``splits``
+    (shared by the fewshot and benchmark pipelines)."""
+    return Pipeline(
+        [
+            Node(
+                build_frame_features,
+                inputs=[
+                    "clip_store",
+                    splits,
+                    "params:backbone",
+                    "params:cardiac_clip",
+                    "params:clips",
+                    "params:training",
+                    "pretrained_backbone",
+                ],
+                outputs="frame_features",
+                name=f"build_frame_features_{splits}",
+            )
+        ]
+    )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -38,6 +62,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:evaluation",
                     "pretrained_backbone",
+                    "frame_features",
                 ],
                 outputs="fewshot_models",
                 name="train_cardiac_clip",
@@ -50,6 +75,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "k_shot_splits",
                     "fewshot_models",
                     "params:evaluation",
+                    "frame_features",
                 ],
                 outputs=["fewshot_predictions", "fewshot_metrics", "fewshot_plots"],
                 name="evaluate_on_test",
@@ -63,7 +89,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         ]
     )
     return (
-        synthetic.create_pipeline()
+        frame_features_pipeline("k_shot_splits")
+        + synthetic.create_pipeline()
         + ingestion.create_pipeline()
         + preprocessing.create_pipeline()
         + pretrain.create_pipeline()
