@@ -107,14 +107,19 @@ def test_store_is_reused_when_weights_are_unchanged_and_rebuilt_when_they_change
     ] == len(names)
     again = recipe.build_cardiac_clip(_arch(path), seed=1)  # other seed, same trunk weights
     assert feature_store_key(again, store, spec, ARCH) == key
-    assert build_feature_store(again, store, root, names, spec, key=key, progress=False).attrs[
-        "encoded"
-    ] == 0
+    assert (
+        build_feature_store(again, store, root, names, spec, key=key, progress=False).attrs[
+            "encoded"
+        ]
+        == 0
+    )
     with torch.no_grad():  # new weights: a new key, so a new store with every video encoded
         next(again.image_encoder.trunk.parameters()).add_(0.1)
     changed = feature_store_key(again, store, spec, ARCH)
     assert key_digest(changed) != key_digest(key)
-    assert feature_store_key(again, store, recipe.clip_spec({**CLIPS, "period": 3}), ARCH) != changed
+    assert (
+        feature_store_key(again, store, recipe.clip_spec({**CLIPS, "period": 3}), ARCH) != changed
+    )
 
 
 def test_the_kedro_dataset_opens_the_store_of_the_last_build(site, tmp_path: Path) -> None:
@@ -178,29 +183,20 @@ def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
 
 def test_calibrated_start_scores_like_zero_shot(site) -> None:
     store, table, path = site
+    table = table.iloc[:6]
     backbone = create_backbone(ARCH, pretrained=str(path))
     zero_shot = zero_shot_predict(backbone, store, table, frames=4, period=2, n_clips=1)
-    for pooling, tolerance in (("mean", 0.05), ("attention", 1.0)):
+    ef = table["EF"].to_numpy()
+    zero_shot_mae = np.abs(zero_shot["EF_pred"].to_numpy() - ef).mean()
+    for pooling in ("mean", "attention"):
         model = recipe.build_cardiac_clip(_arch(path, pooling=pooling), seed=0)
         start, _ = recipe.predict_on_table(
             store, table, {"clips": CLIPS}, {"n_clips": 1}, model=model, progress=False
         )
-        ef = table["EF"].to_numpy()
+        if pooling == "mean":  # EchoZoom's scale-1 start + mean pooling: zero-shot's embedding
+            np.testing.assert_allclose(start["EF_pred"], zero_shot["EF_pred"], atol=0.05)
         start_mae = np.abs(start["EF_pred"].to_numpy() - ef).mean()
-        zero_shot_mae = np.abs(zero_shot["EF_pred"].to_numpy() - ef).mean()
-        assert start_mae <= zero_shot_mae + tolerance, pooling
-
-
-def test_mean_pooled_start_is_the_zero_shot_prediction(site) -> None:
-    # EchoZoom's scale-1 start, normalised frames, mean pooling: zero-shot's video embedding
-    store, table, path = site
-    backbone = create_backbone(ARCH, pretrained=str(path))
-    zero_shot = zero_shot_predict(backbone, store, table, frames=4, period=2, n_clips=1)
-    model = recipe.build_cardiac_clip(_arch(path, pooling="mean"), seed=0)
-    start, _ = recipe.predict_on_table(
-        store, table, {"clips": CLIPS}, {"n_clips": 1}, model=model, progress=False
-    )
-    np.testing.assert_allclose(start["EF_pred"], zero_shot["EF_pred"], atol=0.05)
+        assert start_mae <= zero_shot_mae + 1.0, pooling
 
 
 def test_feature_items_look_like_clips_and_the_head_reads_them(site, tmp_path: Path) -> None:
