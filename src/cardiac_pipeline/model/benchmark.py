@@ -250,7 +250,14 @@ def _linear_probe(
     n_clips = int(settings["evaluation"].get("n_clips", 2))
     model_id = probe_model_id(settings["backbone"])
     cache = EmbeddingCache(cache_dir / "embeddings")
-    clip_params = {**settings["clips"], "n_clips": n_clips, "store": str(store.root)}
+    # frame_norm: video embeddings are means of L2-normalised frame embeddings (older
+    # entries, means of raw ones, are not served)
+    clip_params = {
+        **settings["clips"],
+        "n_clips": n_clips,
+        "store": str(store.root),
+        "frame_norm": True,
+    }
     table = pd.concat([train, test]).drop_duplicates("FileName").set_index("FileName")
 
     def compute(names: list[str]) -> tuple[np.ndarray, list[str]]:
