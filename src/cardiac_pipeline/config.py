@@ -157,10 +157,12 @@ class CardiacClipConfig:
     method: str = param("cardiac_clip")
     scales: list[int] = param([1, 2], minimum=1)
     tile: int = param(112, minimum=8)
-    pooling: str = param("attention", choices=("attention", "mean"))
+    pooling: str = param("attention", choices=("attention", "mean", "temporal"))
     head: str = param("prompt", choices=("prompt", "linear"))
     attention_hidden: int | None = param(None, minimum=1)
     interpolation: str | None = param(None)
+    prompt_set: str = param("values", choices=("values", "ranges"))  # the head's prompts
+    learn_prompts: bool = param(False)  # set by the cached modes (no text tower there)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +248,15 @@ _TRAINING_CONF_DEFAULTS: dict[str, Any] = {
     "max_batches_per_epoch": 64,
     "select_start": True,
 }
+# the cached stage's TrainConfig values over the section's (training.cached)
+_CACHED_STAGE_DEFAULTS: dict[str, Any] = {
+    "epochs": 60,
+    "batch_size": 8,
+    "max_batches_per_epoch": 32,
+    "lrs": {"mfl": 1.0e-3, "head": 1.0e-3},
+    "warmup_steps": 20,
+    "checkpoint_every": 20,
+}
 _TRAINING_ONLY_IN_CODE = frozenset({"eval_batch_size"})  # conf: evaluation.batch_size
 
 
@@ -263,9 +274,16 @@ def _training_dataclass() -> type:
             default = item.default_factory()  # type: ignore[misc]
         fields.append((item.name, hints[item.name], param(default)))
     fields.append(("work_dir", str, param("data/06_models/work")))
+    # how to adapt (model/recipe.py): beside the loop's own settings
+    fields.append(
+        ("adaptation", str, param("cached", choices=("cached", "full", "cached_then_full")))
+    )
+    fields.append(("prior_correction", str, param("val", choices=("val", "none"))))
+    fields.append(("cached", dict[str, Any], param(_CACHED_STAGE_DEFAULTS)))
+    not_loop = {"work_dir", "adaptation", "prior_correction", "cached"}
 
     def __post_init__(self: Any) -> None:  # TrainConfig's own range checks
-        TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k != "work_dir"})
+        TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k not in not_loop})
 
     return dataclasses.make_dataclass(
         "TrainingConfig",

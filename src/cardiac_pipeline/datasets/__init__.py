@@ -2,6 +2,7 @@
 
 from cardiac_pipeline.datasets.clip_store import ClipStoreDataset, FolderDataset
 from cardiac_pipeline.datasets.echonet_folder import EchoNetFolderDataset
+from cardiac_pipeline.datasets.frame_features import FrameFeatureStoreDataset
 from cardiac_pipeline.datasets.partitioned import (
     VersionedCheckpointFolderDataset,
     VersionedCSVFolderDataset,
@@ -11,6 +12,7 @@ __all__ = [
     "ClipStoreDataset",
     "EchoNetFolderDataset",
     "FolderDataset",
+    "FrameFeatureStoreDataset",
     "VersionedCSVFolderDataset",
     "VersionedCheckpointFolderDataset",
 ]

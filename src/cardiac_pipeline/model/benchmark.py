@@ -99,11 +99,14 @@ def run_method(
     pretrained_backbone: str | None,
     cache_dir: str | Path,
     progress: bool = True,
+    features: Any = None,
 ) -> pd.DataFrame:
     """VAL and TEST predictions (``FileName, role, EF_true, EF_pred``) of one method.
 
     VAL is predicted like TEST (same clips), so its residuals calibrate the method's
-    conformal interval whose TEST coverage the benchmark reports.
+    conformal interval whose TEST coverage the benchmark reports. ``features``: the
+    frame-feature store shared by every method adapted on cached features
+    (``training.adaptation``) and by their predictions.
     """
     kind = method_kind(name, method)
     settings = method_settings(method, base)
@@ -141,7 +144,8 @@ def run_method(
     seed = int(split["seed"].dropna().iloc[0]) if split["seed"].notna().any() else 0
     training["seed"] = seed
     extra: dict[str, Any] = {}
-    if kind == "echonet_regressor":
+    if kind == "echonet_regressor":  # its own model on clips: no cached stage, no prompts
+        training.update({"adaptation": "full", "prior_correction": "none"})
         from cardiac_pipeline.model.video_regressor import (
             EchoNetVideoRegressor,
             l1_loss,
@@ -165,7 +169,7 @@ def run_method(
             "initial_ef": initial_ef,
         }
     cache = PredictionCache(Path(cache_dir) / "predictions")
-    _, result = recipe.train_on_split(
+    checkpoint, result = recipe.train_on_split(
         store,
         split,
         arch=arch,
@@ -174,14 +178,12 @@ def run_method(
         eval_batch_size=int(settings["evaluation"].get("batch_size", 1)),
         progress=progress,
         prediction_cache=cache,
+        features=features if kind == "cardiac_clip" else None,
         **extra,
     )
     model = extra.get("model")
-    if model is None:
-        model = recipe.build_cardiac_clip(arch, seed=seed)
-        state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["model"]
-        model.load_state_dict(state)
-    checkpoint = {"clips": settings["clips"]}
+    if model is None:  # the checkpoint holds the best weights of every stage's model
+        model = recipe.model_from_checkpoint(checkpoint)
 
     def predict(rows: pd.DataFrame) -> pd.DataFrame:
         predictions, _ = recipe.predict_on_table(
@@ -191,7 +193,8 @@ def run_method(
             {**settings["evaluation"], "device": device},
             model=model,
             progress=progress,
-            cache=cache.scoped({"arch": arch}),
+            cache=cache.scoped({"arch": checkpoint.get("arch", arch)}),
+            features=features,
         )
         return predictions[["FileName", "EF_true", "EF_pred"]]
 
@@ -273,7 +276,14 @@ def _linear_probe(
     n_clips = int(settings["evaluation"].get("n_clips", 2))
     model_id = probe_model_id(settings["backbone"])
     cache = EmbeddingCache(cache_dir / "embeddings")
-    clip_params = {**settings["clips"], "n_clips": n_clips, "store": str(store.root)}
+    # frame_norm: video embeddings are means of L2-normalised frame embeddings (older
+    # entries, means of raw ones, are not served)
+    clip_params = {
+        **settings["clips"],
+        "n_clips": n_clips,
+        "store": str(store.root),
+        "frame_norm": True,
+    }
     table = pd.concat([train, test]).drop_duplicates("FileName").set_index("FileName")
 
     def compute(names: list[str]) -> tuple[np.ndarray, list[str]]:

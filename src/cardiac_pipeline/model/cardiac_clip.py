@@ -2,13 +2,29 @@
 
 clips [B, T, C, H, W] (uint8 or float in [0, 1]; C = 1 grey or 3)
   -> pixel normalisation on the device -> frames encoded as one batch of B*T by EchoZoom
+     (``EchoZoom.pooled_features``: the frozen-trunk part that ``model/features.py`` caches)
+  -> EchoZoom's norm + projection -> L2-normalised frame embeddings [B, T, D]
   -> MFL pools the T frame embeddings -> video embedding [B, D]
-  -> ``prompt`` head: logits_k = exp(logit_scale) * cos(video, text_k) over the K range
-     prompts, EF = sum_k softmax(logits)_k * bin_value_k;
+  -> ``prompt`` head: logits_j = exp(logit_scale) * cos(video, text_j) over the prompts,
+     EF = sum_j softmax(logits)_j * value_j;
      ``linear`` head (regression baseline): EF = Linear(D, 1)(video).
 
-Both towers are fine-tuned; the prompt text embeddings go through the text tower at every
+``prompt_set`` picks the prompts: ``ranges`` (the paper's five LVEF-range prompts, values
+15/37/50/62/85) or ``values`` (the zero-shot prompts "... ESTIMATED TO BE X%" for X = 10..90,
+values X): with ``values`` the untrained model scores exactly like zero-shot EchoCLIP, so
+adaptation starts from what the backbone knows instead of a new five-point scale. The
+output ``logits`` are always the five range bins' (for ``values``: logsumexp over the values
+in each bin), so the loss and the reported bin probabilities do not change.
+
+Frame embeddings are L2-normalised before pooling, as pretraining and zero-shot do.
+``learn_prompts``: the prompt embeddings become parameters, initialised from the text tower
+(which is then frozen and not run again): what training on cached features learns. Without
+it both towers are fine-tuned; the prompt text embeddings go through the text tower at every
 training forward and are cached in eval mode. logit_scale is the backbone's, frozen (a buffer).
+
+``set_prior_offset`` adds a per-prompt offset to the logits in training mode only (logit
+adjustment for a training set whose EF distribution differs from the population's, see
+``model/features.py::prior_offset``); evaluation never sees it.
 
 Parameter groups (``param_groups``): image_tower (the trunk), text_tower, mfl (the frame
 pooling), head (EchoZoom's new LayerNorm + projection, and the linear regressor): the new
@@ -28,10 +44,18 @@ from torch import nn
 
 from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.echozoom import EchoZoom, PixelNormalize, feature_trunk
-from cardiac_pipeline.model.mfl import AttentionPool, MeanPool
-from cardiac_pipeline.model.prompts import BIN_VALUES, LVEF_PROMPTS
+from cardiac_pipeline.model.mfl import AttentionPool, MeanPool, TemporalPool
+from cardiac_pipeline.model.prompts import (
+    BIN_VALUES,
+    LVEF_PROMPTS,
+    ZERO_SHOT_EF_VALUES,
+    ef_to_bin,
+    zero_shot_ef_prompts,
+)
 
 PARAM_GROUP_NAMES: tuple[str, ...] = ("image_tower", "text_tower", "mfl", "head")
+POOLINGS = ("attention", "mean", "temporal")
+PROMPT_SETS = ("ranges", "values")
 
 
 @dataclass
@@ -128,10 +152,12 @@ class CardiacCLIP(nn.Module):
         *,
         scales: Sequence[int] = (1, 2),
         tile: int = 112,
-        pooling: Literal["attention", "mean"] = "attention",
+        pooling: Literal["attention", "mean", "temporal"] = "attention",
         head: Literal["prompt", "linear"] = "prompt",
-        bin_values: Sequence[float] = BIN_VALUES,
-        prompts: Sequence[str] = LVEF_PROMPTS,
+        prompt_set: Literal["ranges", "values"] = "ranges",
+        learn_prompts: bool = False,
+        bin_values: Sequence[float] | None = None,
+        prompts: Sequence[str] | None = None,
         attention_hidden: int = 64,
         identity_init: bool = True,
         interpolation: str = "bicubic",
@@ -139,12 +165,24 @@ class CardiacCLIP(nn.Module):
         channels_last: bool = False,
         seed: int | None = None,
     ):
-        """``seed`` fixes the random init of the new layers (MFL scoring MLP, projections)."""
+        """``seed`` fixes the random init of the new layers (MFL scoring MLP, projections).
+
+        ``prompts`` / ``bin_values`` override the ``prompt_set``'s texts and values.
+        """
         super().__init__()
-        if pooling not in ("attention", "mean"):
-            raise ValueError(f"pooling must be 'attention' or 'mean', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"cardiac_clip.pooling must be one of {POOLINGS}, got {pooling!r}")
         if head not in ("prompt", "linear"):
             raise ValueError(f"head must be 'prompt' or 'linear', got {head!r}")
+        if prompt_set not in PROMPT_SETS:
+            raise ValueError(
+                f"cardiac_clip.prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}"
+            )
+        if prompt_set == "values":
+            prompts = zero_shot_ef_prompts(ZERO_SHOT_EF_VALUES) if prompts is None else prompts
+            bin_values = ZERO_SHOT_EF_VALUES if bin_values is None else bin_values
+        prompts = LVEF_PROMPTS if prompts is None else prompts
+        bin_values = BIN_VALUES if bin_values is None else bin_values
         if len(prompts) != len(bin_values):
             raise ValueError(f"{len(prompts)} prompts but {len(bin_values)} bin values")
         self.head = head
@@ -153,6 +191,13 @@ class CardiacCLIP(nn.Module):
         self.text_encoder = TextTower(backbone_model)
         self.register_buffer("logit_scale", backbone_model.logit_scale.detach().clone().reshape(()))
         self.register_buffer("bin_values", torch.tensor(list(bin_values), dtype=torch.float32))
+        # which of the five range bins each prompt's value falls in (ranges: prompt j is bin j)
+        value_bins = (
+            ef_to_bin(self.bin_values) if prompt_set == "values" else torch.arange(len(prompts))
+        )
+        self.register_buffer("value_bins", value_bins.long(), persistent=False)
+        self.register_buffer("prior_offset", torch.zeros(len(prompts)), persistent=False)
+        self.prompt_set = prompt_set
         self.prompts = tuple(prompts)
         self.register_buffer("prompt_tokens", tokenizer(list(self.prompts)), persistent=False)
         with _seeded(seed):
@@ -164,6 +209,8 @@ class CardiacCLIP(nn.Module):
                 self.mfl: nn.Module = AttentionPool(
                     dim, attention_hidden, identity_init=identity_init
                 )
+            elif pooling == "temporal":
+                self.mfl = TemporalPool(dim, attention_hidden, identity_init=identity_init)
             else:
                 self.mfl = MeanPool(dim, identity_init=identity_init)
             self.regressor: nn.Linear | None = None
@@ -178,6 +225,12 @@ class CardiacCLIP(nn.Module):
             self.image_encoder.trunk.to(memory_format=torch.channels_last)
         self._text_cache: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+        self.register_parameter("prompt_embeddings", None)
+        if learn_prompts and head == "prompt":
+            with torch.no_grad():
+                start = F.normalize(self.text_encoder(self.prompt_tokens), dim=-1)
+            self.prompt_embeddings = nn.Parameter(start.clone())
+            self.text_encoder.requires_grad_(False)
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, **kwargs: Any) -> CardiacCLIP:
@@ -191,8 +244,20 @@ class CardiacCLIP(nn.Module):
         self._clear_text_cache()
         return super().train(mode)
 
+    def set_prior_offset(self, offset: torch.Tensor | Sequence[float] | None) -> None:
+        """Per-prompt logit offset used in training mode only (None: none)."""
+        value = torch.zeros_like(self.prior_offset) if offset is None else torch.as_tensor(offset)
+        if value.shape != self.prior_offset.shape:
+            raise ValueError(
+                f"prior offset has shape {tuple(value.shape)}, the model has "
+                f"{tuple(self.prior_offset.shape)} prompts"
+            )
+        self.prior_offset = value.to(self.prior_offset)
+
     def text_embeddings(self) -> torch.Tensor:
         """L2-normalised prompt embeddings [K, D]; recomputed in training, cached in eval."""
+        if self.prompt_embeddings is not None:
+            return F.normalize(self.prompt_embeddings, dim=-1)
         if self.training:
             return F.normalize(self.text_encoder(self.prompt_tokens), dim=-1)
         cache = self._text_cache
@@ -203,18 +268,29 @@ class CardiacCLIP(nn.Module):
         return cache
 
     def encode_frames(self, clips: torch.Tensor) -> torch.Tensor:
-        """Frame embeddings [B, T, D] of clips [B, T, C, H, W] (all B*T frames in one batch)."""
+        """Frame embeddings [B, T, D] of clips [B, T, C, H, W] (before L2 normalisation)."""
+        return self.image_encoder.embed(self.pooled_features(clips))
+
+    def pooled_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """The frozen-trunk part: pooled multi-scale features [B, T, S*C] of clips [B, T, C, H, W]."""
         if clips.dim() != 5:
             raise ValueError(f"clips must be [B, T, C, H, W], got {tuple(clips.shape)}")
         b, t, c, h, w = clips.shape
         frames = self.normalize(clips.reshape(b * t, c, h, w))
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        return self.image_encoder(frames).reshape(b, t, -1)
+        return self.image_encoder.pooled_features(frames).reshape(b, t, -1)
 
     def forward(self, clips: torch.Tensor, mask: torch.Tensor | None = None) -> CardiacCLIPOutput:
         """``mask`` [B, T] (True = real frame) keeps padded frames out of the pooling."""
-        video, attention = self.mfl(self.encode_frames(clips), mask)
+        return self.forward_features(self.pooled_features(clips), mask)
+
+    def forward_features(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> CardiacCLIPOutput:
+        """The trainable rest of ``forward`` from pooled features [B, T, S*C] (cached or not)."""
+        frames = F.normalize(self.image_encoder.embed(features), dim=-1)
+        video, attention = self.mfl(frames, mask)
         if self.regressor is not None:
             return CardiacCLIPOutput(
                 ef=self.regressor(video).squeeze(-1),
@@ -224,8 +300,21 @@ class CardiacCLIP(nn.Module):
             )
         text = self.text_embeddings()
         logits = self.logit_scale.exp() * F.normalize(video, dim=-1) @ text.to(video.dtype).t()
+        if self.training:
+            logits = logits + self.prior_offset.to(logits.dtype)
         ef = (logits.float().softmax(dim=-1) * self.bin_values).sum(dim=-1)
+        if self.prompt_set == "values":  # the five range bins' logits
+            logits = _bin_logits(logits, self.value_bins, len(BIN_VALUES))
         return CardiacCLIPOutput(ef=ef, logits=logits, attention=attention, video_embedding=video)
+
+
+def _bin_logits(logits: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """logsumexp of the logits [B, V] over the values of each bin: [B, n_bins]."""
+    out = logits.new_full((logits.shape[0], n_bins), float("-inf"))
+    index = bins.unsqueeze(0).expand_as(logits)
+    peak = logits.max(dim=1, keepdim=True).values.detach()
+    summed = torch.zeros_like(out).scatter_add(1, index, (logits - peak).exp())
+    return torch.where(summed > 0, summed.log() + peak, out)
 
 
 def _clear_text_cache_after_load(module: CardiacCLIP, incompatible_keys: Any) -> None:
@@ -249,15 +338,16 @@ def param_groups(
         "head": [model.image_encoder.norm, model.image_encoder.proj]
         + ([model.regressor] if model.regressor is not None else []),
     }
+    extra = {"head": [model.prompt_embeddings] if model.prompt_embeddings is not None else []}
     groups: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name in PARAM_GROUP_NAMES:
         params = []
-        for module in modules[name]:
-            for param in module.parameters():
-                if param.requires_grad and id(param) not in seen:
-                    seen.add(id(param))
-                    params.append(param)
+        candidates = [p for module in modules[name] for p in module.parameters()]
+        for param in candidates + extra.get(name, []):
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                params.append(param)
         if not params:
             continue
         if name not in lrs:

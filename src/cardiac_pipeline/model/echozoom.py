@@ -3,16 +3,23 @@
 A frame is encoded at scale 1 (as is) and at each larger scale s (upsampled to s*tile, cut
 into s x s tiles of tile pixels, every tile through the same image trunk). The tile feature
 maps are stitched back where the tiles came from, pooled to the scale-1 map size, and the
-per-scale maps are concatenated on channels. Global average pooling, a LayerNorm and a linear
-projection then give the frame embedding.
+per-scale maps are concatenated on channels. Global average pooling, a per-scale LayerNorm
+(``ScaleNorm``: each scale's channels normalised on their own, as the tower normalises its
+map) and a linear projection then give the frame embedding. ``pooled_features`` stops
+before the norm: that is what the frame-feature cache (``model/features.py``) stores, and
+``embed`` is the trainable part that turns it into the embedding.
 
 The trunk is the backbone's image tower cut before its pooling head. The head (norm +
-projection) moves into EchoZoom: the new LayerNorm and projection are initialised from it
-(norm weights repeated per scale, projection split evenly over scales), so EchoZoom with
-``scales=(1,)`` reproduces the tower's own pooled embedding exactly at initialisation, and
-with more scales it starts from the average of the per-scale embeddings. This keeps the
-image embedding aligned with the text embedding of a pretrained CLIP from the first step
-(a freshly random projection, as in the reference code, would throw that alignment away).
+projection) moves into EchoZoom: the new norm and projection are initialised from it
+(norm weights repeated per scale; the scale-1 block of the projection is the tower's, the
+other scales' blocks start at zero), so EchoZoom reproduces the tower's own pooled
+embedding exactly at initialisation, whatever the scales: the larger scales' tiles, views
+pretraining never saw, shifted an averaged start by 10-14 EF points
+(docs/results/start_calibration.md); from zero they enter only as far as training finds
+them useful. This keeps the image embedding aligned with the text embedding of a
+pretrained CLIP from the first step (a freshly random projection, as in the reference
+code, would throw that alignment away). Without scale 1 in ``scales`` the projection is
+split evenly over the scales instead.
 """
 
 from __future__ import annotations
@@ -173,6 +180,29 @@ def stitch_tiles(maps: torch.Tensor, scale: int) -> torch.Tensor:
     return x.permute(0, 3, 1, 4, 2, 5).reshape(n, c, scale * h, scale * w)
 
 
+class ScaleNorm(nn.Module):
+    """LayerNorm over each scale's ``channels`` separately, one affine over all of them.
+
+    [N, S*C] -> [N, S*C]. With one scale it is ``nn.LayerNorm(C)`` (same parameter names
+    and shapes); with several, scale 1's normalised channels do not depend on the others,
+    so a zero projection block for the other scales leaves the scale-1 embedding exact.
+    """
+
+    def __init__(self, n_scales: int, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.n_scales = int(n_scales)
+        self.channels = int(channels)
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(self.n_scales * self.channels))
+        self.bias = nn.Parameter(torch.zeros(self.n_scales * self.channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        per_scale = x.reshape(*shape[:-1], self.n_scales, self.channels)
+        normed = F.layer_norm(per_scale, (self.channels,), eps=self.eps).reshape(shape)
+        return normed * self.weight + self.bias
+
+
 class EchoZoom(nn.Module):
     """Multi-scale frame encoder: images [N, 3, H, W] (normalised) -> embeddings [N, D].
 
@@ -210,9 +240,7 @@ class EchoZoom(nn.Module):
         self.num_features = channels
         self.embed_dim = int(embed_dim)
         n_scales = len(scales)
-        self.norm = nn.LayerNorm(
-            channels * n_scales, eps=head.norm_eps if head is not None else 1e-6
-        )
+        self.norm = ScaleNorm(n_scales, channels, eps=head.norm_eps if head is not None else 1e-6)
         with_bias = head is not None and head.proj_bias is not None
         self.proj = nn.Linear(channels * n_scales, self.embed_dim, bias=with_bias)
         if head is not None:
@@ -228,7 +256,12 @@ class EchoZoom(nn.Module):
             self.embed_dim,
             self.num_features,
         ):
-            self.proj.weight.copy_(head.proj_weight.repeat(1, n_scales) / n_scales)
+            if 1 in self.scales:  # scale 1 as the tower; the others enter from zero
+                self.proj.weight.zero_()
+                first = self.scales.index(1) * self.num_features
+                self.proj.weight[:, first : first + self.num_features].copy_(head.proj_weight)
+            else:
+                self.proj.weight.copy_(head.proj_weight.repeat(1, n_scales) / n_scales)
             if self.proj.bias is not None and head.proj_bias is not None:
                 self.proj.bias.copy_(head.proj_bias)
 
@@ -257,6 +290,13 @@ class EchoZoom(nn.Module):
             per_scale.append(stitched if s == 1 else F.adaptive_avg_pool2d(stitched, (h, w)))
         return torch.cat(per_scale, dim=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.feature_maps(images).mean(dim=(-2, -1))
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Globally pooled multi-scale features [N, len(scales)*C] (what the cache stores)."""
+        return self.feature_maps(images).mean(dim=(-2, -1))
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings [..., D] from pooled features [..., len(scales)*C]."""
         return self.proj(self.norm(pooled))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.pooled_features(images))

@@ -37,11 +37,23 @@ from cardiac_pipeline.model.train import (
 from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
-MODEL_KWARGS = ("scales", "tile", "pooling", "head", "attention_hidden", "interpolation")
+MODEL_KWARGS = (
+    "scales",
+    "tile",
+    "pooling",
+    "head",
+    "attention_hidden",
+    "interpolation",
+    "prompt_set",
+    "learn_prompts",
+)
 CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 # Parameters that change where a run goes, not what it computes: left out of the run key.
 logger = logging.getLogger(__name__)
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
+# training keys that choose how to adapt, beside TrainConfig's (conf/base/parameters_fewshot.yml)
+ADAPTATION_KEYS = frozenset({"adaptation", "cached", "prior_correction"})
+PRIOR_CORRECTIONS = ("val", "none")
 
 # The keys each conf section of a recipe may have: the fields of its dataclass (config.py).
 RECIPE_KEYS: dict[str, frozenset[str]] = {
@@ -132,8 +144,36 @@ def clip_spec(clips: dict[str, Any]) -> ClipSpec:
 def train_config(training: dict[str, Any]) -> TrainConfig:
     """``TrainConfig`` from a conf ``training`` section (``work_dir`` is the caller's)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    check_keys("training", training, names | {"work_dir"})
+    check_keys("training", training, names | {"work_dir"} | ADAPTATION_KEYS)
     return TrainConfig(**{k: v for k, v in training.items() if k in names})
+
+
+def adaptation_settings(training: Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """``(mode, cached-stage training section, prior correction)`` of a ``training`` section.
+
+    ``training.cached`` overrides the section's TrainConfig values for the stage trained on
+    cached features (many cheap steps); the rest of the section is the full fine-tuning's.
+    """
+    from cardiac_pipeline.model.features import check_adaptation
+
+    mode = check_adaptation(training.get("adaptation", "full"))
+    cached = dict(training.get("cached") or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    check_keys("training.cached", cached, names)
+    prior = training.get("prior_correction", "none")
+    if prior not in PRIOR_CORRECTIONS:
+        raise ValueError(f"training.prior_correction: {prior!r} is not one of {PRIOR_CORRECTIONS}")
+    base = {k: v for k, v in training.items() if k not in ADAPTATION_KEYS}
+    return mode, {**base, **cached}, str(prior)
+
+
+def adapted_arch(arch: dict[str, Any], training: Mapping[str, Any]) -> dict[str, Any]:
+    """``arch`` as the adaptation mode builds it: the cached modes learn the prompt
+    embeddings (the text tower is not run on cached features)."""
+    mode, _, _ = adaptation_settings(training)
+    if mode == "full" or "cardiac_clip" not in arch:
+        return arch
+    return {**arch, "cardiac_clip": {**arch["cardiac_clip"], "learn_prompts": True}}
 
 
 def run_key(*parts: Any) -> str:
@@ -173,17 +213,20 @@ def work_folder(
     arch: dict[str, Any],
     clips: dict[str, Any],
     training: dict[str, Any],
+    features: Any = None,
 ) -> Path:
     """The resumable work folder of one training run (``last.pt``, its MLflow run record).
 
-    ``training.work_dir``/<split label>-<key>: the key covers the architecture and its
-    weights file, clip and training parameters, the split's videos and the clip store, so
+    ``training.work_dir``/<split label>-<key>: the key covers the architecture (as the
+    adaptation mode builds it) and its weights file, clip and training parameters, the
+    split's videos, the clip store and, for the cached modes, the frame-feature store, so
     the same arguments as ``train_on_split`` give the folder it trains in.
     """
+    arch = adapted_arch(arch, training)
     training = _effective_training(arch, training)
     train_rows = split[split["role"] == "train"]
     val_rows = split[split["role"] == "val"]
-    key = run_key(
+    parts = [
         arch,
         weights_fingerprint(arch),
         {k: v for k, v in clips.items()},
@@ -191,7 +234,10 @@ def work_folder(
         sorted(train_rows["FileName"]),
         sorted(val_rows["FileName"]),
         str(store.root),
-    )
+    ]
+    if adaptation_settings(training)[0] != "full" and features is not None:
+        parts.append(features.key)
+    key = run_key(*parts)
     return Path(training.get("work_dir", "data/06_models/work")) / f"{_split_label(split)}-{key}"
 
 
@@ -243,8 +289,16 @@ def train_on_split(
     loss_fn: Callable[..., Any] | None = None,
     param_groups_fn: Callable[..., Any] | None = None,
     prediction_cache: PredictionCache | None = None,
+    features: Any = None,
 ) -> tuple[dict[str, Any], TrainResult]:
     """Train on the split's ``train`` rows, select on its ``val`` rows; a checkpoint dict.
+
+    ``training.adaptation``: ``full`` trains the model on clips (both towers);
+    ``cached`` trains EchoZoom's norm and projection, MFL and the prompt embeddings on
+    ``features`` (a ``model.features.FeatureStore`` of this backbone) with the trunk frozen;
+    ``cached_then_full`` does ``cached`` and then fine-tunes everything from there (LP-FT).
+    ``training.prior_correction: val`` adjusts the training logits for the TRAIN videos'
+    EF distribution against the VAL videos' (see ``features.prior_offset``).
 
     The run's work folder (``training.work_dir``/<name>-<key>) holds ``last.pt``: calling
     again after an interruption resumes, and calling again after completion returns at
@@ -257,6 +311,10 @@ def train_on_split(
     ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
     check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
+    mode, cached_training, prior = adaptation_settings(training)
+    if mode != "full" and model is not None:
+        raise ValueError(f"training.adaptation {mode!r} builds its own CardiacCLIP; use full")
+    arch = adapted_arch(arch, training)
     seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
     if training.get("select_start") and not starts_pretrained(arch):
         logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
@@ -282,21 +340,58 @@ def train_on_split(
         else None
     )
     config = train_config({**training, "seed": seed, "eval_batch_size": int(eval_batch_size)})
-    work_dir = work_folder(store, split, arch=arch, clips=clips, training=training)
+    work_dir = work_folder(
+        store, split, arch=arch, clips=clips, training=training, features=features
+    )
     if model is None:
         model = build_cardiac_clip(arch, seed=seed)
-    result = fit(
-        model,
-        train_set,
-        val_set,
-        config,
-        work_dir,
-        loss_fn=loss_fn,
-        param_groups_fn=param_groups_fn,
-        on_epoch_end=on_epoch_end,
-        progress=progress,
-        prediction_cache=prediction_cache.scoped({"arch": arch}) if prediction_cache else None,
-    )
+    if prior == "val" and isinstance(model, CardiacCLIP) and model.regressor is None:
+        if val_rows.empty:
+            raise ValueError("training.prior_correction 'val' needs VAL videos in the split")
+        from cardiac_pipeline.model.features import model_prior_offset
+
+        model.set_prior_offset(
+            model_prior_offset(model, train_rows["EF"].to_numpy(), val_rows["EF"].to_numpy())
+        )
+    stages = []
+    if mode != "full":
+        cached_result = _fit_cached(
+            model,
+            features,
+            train_rows,
+            val_rows,
+            spec,
+            cached_training,
+            seed=seed,
+            eval_batch_size=int(eval_batch_size),
+            n_val_clips=int(clips.get("val_clips", 1)),
+            work_dir=work_dir / "cached",
+            on_epoch_end=on_epoch_end,
+            progress=progress,
+            prediction_cache=(
+                prediction_cache.scoped({"arch": arch, "stage": "cached"})
+                if prediction_cache
+                else None
+            ),
+        )
+        stages.append(("cached", cached_result))
+    if mode != "cached":
+        result = fit(
+            model,
+            train_set,
+            val_set,
+            config,
+            work_dir / "full" if mode != "full" else work_dir,
+            loss_fn=loss_fn,
+            param_groups_fn=param_groups_fn,
+            on_epoch_end=on_epoch_end,
+            progress=progress,
+            prediction_cache=prediction_cache.scoped({"arch": arch}) if prediction_cache else None,
+        )
+        stages.append(("full", result))
+    result = stages[-1][1]
+    if isinstance(model, CardiacCLIP):
+        model.set_prior_offset(None)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "arch": _portable_arch(arch),
@@ -309,7 +404,12 @@ def train_on_split(
             "n_train": len(train_rows),
             "n_val": len(val_rows),
             "work_dir": _portable_path(work_dir),
+            "stages": {
+                stage: {"best_epoch": int(r.best_epoch), "seconds": float(_seconds(r))}
+                for stage, r in stages
+            },
         },
+        "adaptation": mode,
     }
     return checkpoint, result
 
@@ -321,6 +421,7 @@ def calibrate_interval(
     evaluation: dict[str, Any],
     *,
     progress: bool = True,
+    features: Any = None,
 ) -> dict[str, Any] | None:
     """Store the split-conformal interval of the selected model in ``checkpoint["interval"]``.
 
@@ -335,11 +436,85 @@ def calibrate_interval(
     val = split[split["role"] == "val"]
     if val.empty:
         return None
-    table, _ = predict_on_table(store, val, checkpoint, evaluation, progress=progress)
+    table, _ = predict_on_table(
+        store, val, checkpoint, evaluation, progress=progress, features=features
+    )
     interval = conformal_calibration(table["EF_true"], table["EF_pred"], interval_alpha(evaluation))
     interval["n_clips"] = evaluation.get("n_clips", 4)
     checkpoint["interval"] = interval
     return interval
+
+
+def _seconds(result: TrainResult) -> float:
+    history = result.history
+    return float(history["seconds"].sum()) if "seconds" in history else 0.0
+
+
+def _fit_cached(
+    model: CardiacCLIP,
+    features: Any,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    spec: ClipSpec,
+    training: dict[str, Any],
+    *,
+    seed: int,
+    eval_batch_size: int,
+    n_val_clips: int,
+    work_dir: Path,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    progress: bool,
+    prediction_cache: PredictionCache | None,
+) -> TrainResult:
+    """The cached stage: the head trained by ``fit`` on frame features, trunk frozen."""
+    from cardiac_pipeline.model.features import (
+        CachedCardiacCLIP,
+        FeatureClipDataset,
+        cached_param_groups,
+        torch_threads,
+    )
+
+    if features is None:
+        raise ValueError(
+            "training.adaptation uses cached features but no frame-feature store was given; "
+            "run the pipeline's build_frame_features node (or use adaptation: full)"
+        )
+    from cardiac_pipeline.model.prediction_cache import weights_digest
+
+    if features.key.get("weights") != weights_digest(model.image_encoder.trunk):
+        raise ValueError(
+            f"frame-feature store {features.root.name} was built from other trunk weights "
+            "than this model's (a random or another pretrained start); rebuild it for this "
+            "backbone or use training.adaptation: full"
+        )
+    scales = model.image_encoder.scales
+    train_set = FeatureClipDataset(features, train_rows, spec, True, scales=scales, seed=seed)
+    val_set = (
+        FeatureClipDataset(
+            features,
+            val_rows,
+            spec,
+            False,
+            scales=scales,
+            n_eval_clips=n_val_clips,
+            seed=seed,
+        )
+        if len(val_rows)
+        else None
+    )
+    config = train_config({**training, "seed": seed, "eval_batch_size": eval_batch_size})
+    with torch_threads(1, resolve_device(config.device)):
+        return fit(
+            CachedCardiacCLIP(model),
+            train_set,
+            val_set,
+            config,
+            work_dir,
+            param_groups_fn=cached_param_groups,
+            on_epoch_end=on_epoch_end,
+            progress=progress,
+            prediction_cache=prediction_cache,
+        )
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
@@ -371,8 +546,13 @@ def predict_on_table(
     model: torch.nn.Module | None = None,
     progress: bool = True,
     cache: PredictionCache | None = None,
+    features: Any = None,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """Video-level predictions (mean over evenly spaced clips) for the rows of ``table``.
+
+    A model adapted in ``cached`` mode has the frozen trunk the frame-feature store was
+    built with: given that store (``features``), its predictions come from the stored
+    features (clip starts on the store's frame grid) instead of running the trunk again.
 
     Attention entries get ``frame_indices`` [N, T]: the source-video frame of every clip
     frame, so MFL weights can be drawn against the cardiac cycle. ``evaluation.batch_size``
@@ -384,8 +564,15 @@ def predict_on_table(
     spec = clip_spec(checkpoint["clips"])
     n_clips = evaluation.get("n_clips", 4)
     n_clips = n_clips if n_clips == "all" else int(n_clips)
-    dataset = EchoClipDataset(store, table, spec, train=False, n_eval_clips=n_clips)
     model = model or model_from_checkpoint(checkpoint)
+    dataset: Any = EchoClipDataset(store, table, spec, train=False, n_eval_clips=n_clips)
+    if _features_apply(features, checkpoint, model, n_clips):
+        from cardiac_pipeline.model.features import CachedCardiacCLIP, FeatureClipDataset
+
+        dataset = FeatureClipDataset(
+            features, table, spec, False, scales=model.image_encoder.scales, n_eval_clips=n_clips
+        )
+        model = CachedCardiacCLIP(model)
     device = resolve_device(evaluation.get("device", "auto"))
     batch_size = int(evaluation.get("batch_size", 1))
     if cache is not None:
@@ -411,6 +598,20 @@ def predict_on_table(
             starts = np.asarray(item["start"]).reshape(-1, 1)
             item["frame_indices"] = starts + period * np.arange(spec.frames)[None, :]
     return predictions, attention
+
+
+def _features_apply(features: Any, checkpoint: dict[str, Any], model: Any, n_clips: Any) -> bool:
+    """Whether ``features`` hold this cached-mode model's trunk output (else: pixels)."""
+    if features is None or checkpoint.get("adaptation") != "cached" or n_clips == "all":
+        return False
+    from cardiac_pipeline.model.prediction_cache import weights_digest
+
+    if not isinstance(model, CardiacCLIP):
+        return False
+    same = features.key.get("weights") == weights_digest(model.image_encoder.trunk)
+    if not same:
+        logger.warning("frame features were made by another trunk; predicting from pixels")
+    return same
 
 
 def split_k_seed(split: pd.DataFrame) -> tuple[int | None, int | None]:

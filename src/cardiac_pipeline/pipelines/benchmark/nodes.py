@@ -143,13 +143,15 @@ def run_benchmark_method(
     clips: dict[str, Any],
     training: dict[str, Any],
     evaluation: dict[str, Any],
+    frame_features: Any = None,
     pretrained_backbone: str | None = None,
     *,
     method: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or fit) one method on one split and test it: its metrics row and per-video
     VAL and TEST predictions (for bootstrap CIs and conformal coverage), and an MLflow
-    run tagged method, k, seed under the pipeline's run."""
+    run tagged method, k, seed under the pipeline's run. ``frame_features``: the store
+    shared by the methods adapted on cached features."""
     share_cores()
     base = _base_recipe(
         benchmark,
@@ -174,6 +176,7 @@ def run_benchmark_method(
             base=base,
             pretrained_backbone=pretrained_backbone,
             cache_dir=benchmark["work_dir"],
+            features=frame_features,
         )
         if run_id:
             import mlflow

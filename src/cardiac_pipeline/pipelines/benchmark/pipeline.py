@@ -15,7 +15,11 @@ from kedro.pipeline import Node, Pipeline
 
 from cardiac_pipeline.model.benchmark import method_kind
 from cardiac_pipeline.pipelines.data import data_pipeline
-from cardiac_pipeline.pipelines.fewshot.pipeline import _across_namespaces, _bound
+from cardiac_pipeline.pipelines.fewshot.pipeline import (
+    _across_namespaces,
+    _bound,
+    frame_features_pipeline,
+)
 
 from .nodes import (
     combine_benchmark_tables,
@@ -69,13 +73,20 @@ def _split_pipeline(
             nodes.append(
                 Node(
                     _bound(run_benchmark_method, method=method),
-                    inputs=["clip_store", "split", "params:benchmark", *RECIPE, *backbone],
+                    inputs=[
+                        "clip_store",
+                        "split",
+                        "params:benchmark",
+                        *RECIPE,
+                        "frame_features",
+                        *backbone,
+                    ],
                     outputs=[method, f"{method}_predictions"],
                     name=method,
                 )
             )
     pipe = Pipeline(nodes)
-    shared = {"video_index", "clip_store", "pretrained_backbone"}
+    shared = {"video_index", "clip_store", "pretrained_backbone", "frame_features"}
     shared |= {f"{NAMESPACE}.{m}.predictions" for m in methods if kinds[m] == "zero_shot"}
     return Pipeline(
         pipe,
@@ -157,8 +168,12 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
             ),
         ]
     )
+    features = frame_features_pipeline(
+        [f"{NAMESPACE}.{s}.split" for s in splits], pretraining=pretraining
+    )
     return (
         data_pipeline(parameters, pretraining=pretraining)
+        + features
         + Pipeline(zero_shot)
         + per_split
         + summary

@@ -117,6 +117,48 @@ def model_name(split: pd.DataFrame) -> str:
     return split_name(k, seed) if k is not None and seed is not None else USER_SPLIT
 
 
+def build_frame_features(
+    clip_store: ClipStore,
+    frame_features_folder: Path,
+    backbone: dict[str, Any],
+    cardiac_clip: dict[str, Any],
+    clips: dict[str, Any],
+    training: dict[str, Any],
+    *inputs: Any,
+    with_checkpoint: bool,
+) -> Any:
+    """The frozen trunk's features of every video the splits use (TRAIN, VAL and TEST):
+    what the cached adaptation modes train and predict on, in its store under
+    ``frame_features_folder`` (one per feature key). ``inputs``: the pretrain
+    checkpoint first when ``with_checkpoint``, then every model's split.
+
+    Shared by every (k, seed) and every method of the same backbone and scales; a video
+    already stored is not encoded again. None when ``training.adaptation`` is ``full``.
+    """
+    from cardiac_pipeline.model.features import (
+        FeatureStore,
+        build_feature_store,
+        feature_store_key,
+        key_digest,
+    )
+
+    share_cores()
+    pretrained_backbone, splits = (inputs[0], inputs[1:]) if with_checkpoint else (None, inputs)
+    mode, _, _ = recipe.adaptation_settings(training)
+    if mode == "full":
+        return None
+    backbone = recipe.with_pretrained(
+        backbone, str(pretrained_backbone) if pretrained_backbone else None
+    )
+    model = recipe.build_cardiac_clip({"backbone": backbone, "cardiac_clip": cardiac_clip}, seed=0)
+    spec = recipe.clip_spec(clips)
+    names = sorted({str(n) for split in splits for n in split["FileName"]})
+    key = feature_store_key(model, clip_store, spec, backbone["name"])
+    root = Path(frame_features_folder) / key_digest(key)
+    build_feature_store(model, clip_store, root, names, spec, key=key)
+    return FeatureStore(root)
+
+
 def train_fewshot_model(
     clip_store: ClipStore,
     k_shot_split: pd.DataFrame,
@@ -125,9 +167,12 @@ def train_fewshot_model(
     clips: dict[str, Any],
     training: dict[str, Any],
     evaluation: dict[str, Any],
+    frame_features: Any = None,
     pretrained_backbone: Path | None = None,
 ) -> dict[str, Any]:
     """Train one CardiacCLIP on its split; returns its checkpoint (best validation MAE).
+
+    ``frame_features``: the frame-feature store that the cached adaptation modes train on.
 
     ``backbone.pretrained: pretrain`` starts from ``pretrained_backbone`` (the pretrain
     pipeline's checkpoint); any other value is passed to the backbone factory as it is.
@@ -152,7 +197,12 @@ def train_fewshot_model(
     tags = {"k": k, "seed": seed, "method": cardiac_clip.get("method", "cardiac_clip")}
     run_training = {**training, "seed": seed}
     work_dir = recipe.work_folder(
-        clip_store, k_shot_split, arch=arch, clips=clips, training=run_training
+        clip_store,
+        k_shot_split,
+        arch=arch,
+        clips=clips,
+        training=run_training,
+        features=frame_features,
     )
     with model_run(work_dir, name, tags) as run_id:
         if run_id:
@@ -166,8 +216,11 @@ def train_fewshot_model(
             training=run_training,
             eval_batch_size=int(evaluation.get("batch_size", 1)),
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
+            features=frame_features,
         )
-        recipe.calibrate_interval(checkpoint, clip_store, k_shot_split, evaluation)
+        recipe.calibrate_interval(
+            checkpoint, clip_store, k_shot_split, evaluation, features=frame_features
+        )
         checkpoint["meta"]["mlflow_run_id"] = run_id
         checkpoint["meta"]["split"] = name
         if run_id:
@@ -210,6 +263,7 @@ def evaluate_fewshot_model(
     fewshot_model: dict[str, Any],
     evaluation: dict[str, Any],
     zero_shot: pd.DataFrame | None = None,
+    frame_features: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Figure]]:
     """Test one model: per-video predictions, its metrics rows and its plots.
 
@@ -227,7 +281,9 @@ def evaluate_fewshot_model(
     name = model_name(k_shot_split)
     k, seed = recipe.split_k_seed(k_shot_split)
     test = k_shot_split[k_shot_split["role"] == "test"]
-    table, attention = recipe.predict_on_table(clip_store, test, fewshot_model, evaluation)
+    table, attention = recipe.predict_on_table(
+        clip_store, test, fewshot_model, evaluation, features=frame_features
+    )
     table = _with_interval(table, fewshot_model.get("interval"))
     metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, coverage, table["covered"])
     baselines = split_baselines(k_shot_split, table["EF_true"])

@@ -19,6 +19,7 @@ from kedro.pipeline import Node, Pipeline
 from cardiac_pipeline.pipelines.data import data_pipeline, starts_from_pretraining
 
 from .nodes import (
+    build_frame_features,
     USER_SPLIT,
     combine_fewshot_tables,
     evaluate_fewshot_model,
@@ -32,7 +33,13 @@ from .nodes import (
 
 NAMESPACE = "fewshot"
 ZERO_SHOT_REFERENCE = "fewshot_zero_shot_predictions"
-SHARED_INPUTS = {"video_index", "clip_store", "pretrained_backbone", ZERO_SHOT_REFERENCE}
+SHARED_INPUTS = {
+    "video_index",
+    "clip_store",
+    "pretrained_backbone",
+    "frame_features",
+    ZERO_SHOT_REFERENCE,
+}
 RECIPE_PARAMETERS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
 
 
@@ -50,6 +57,32 @@ def _across_namespaces(node: Callable[[], Node]) -> Node:
 def _bound(func, **kwargs):
     """``func`` with keyword arguments fixed, keeping its name and docs (kedro viz shows them)."""
     return update_wrapper(partial(func, **kwargs), func)
+
+
+def frame_features_pipeline(splits: list[str], pretraining: bool) -> Pipeline:
+    """The one node that builds or updates the frame-feature store for the videos of
+    ``splits`` (shared by the fewshot and benchmark pipelines)."""
+    return Pipeline(
+        [
+            _across_namespaces(
+                lambda: Node(
+                    _bound(build_frame_features, with_checkpoint=pretraining),
+                    inputs=[
+                        "clip_store",
+                        "frame_features_folder",
+                        "params:backbone",
+                        "params:cardiac_clip",
+                        "params:clips",
+                        "params:training",
+                        *(["pretrained_backbone"] if pretraining else []),
+                        *splits,
+                    ],
+                    outputs="frame_features",
+                    name="build_frame_features",
+                )
+            )
+        ]
+    )
 
 
 def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
@@ -70,7 +103,7 @@ def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
             ),
             Node(
                 train_fewshot_model,
-                inputs=["clip_store", "k_shot_split", *recipe]
+                inputs=["clip_store", "k_shot_split", *recipe, "frame_features"]
                 + (["pretrained_backbone"] if pretraining else []),
                 outputs="model",
                 name="train",
@@ -84,6 +117,7 @@ def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
                     "model",
                     "params:evaluation",
                     ZERO_SHOT_REFERENCE,
+                    "frame_features",
                 ],
                 outputs=["predictions", "metrics", "plots"],
                 name="evaluate",
@@ -107,6 +141,8 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
     pretraining = starts_from_pretraining(parameters.get("backbone"))
     models = sum((model_pipeline(name, names, pretraining) for name in names), Pipeline([]))
     backbone = ["pretrained_backbone"] if pretraining else []
+    splits = [f"{NAMESPACE}.{name}.k_shot_split" for name in names]
+    features = frame_features_pipeline(splits, pretraining)
     summary = Pipeline(
         [
             _across_namespaces(
@@ -148,4 +184,4 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
             ),
         ]
     )
-    return data_pipeline(parameters, pretraining=pretraining) + models + summary
+    return data_pipeline(parameters, pretraining=pretraining) + features + models + summary
