@@ -19,8 +19,8 @@ from kedro.pipeline import Node, Pipeline
 from cardiac_pipeline.pipelines.data import data_pipeline, starts_from_pretraining
 
 from .nodes import (
-    build_frame_features,
     USER_SPLIT,
+    build_frame_features,
     combine_fewshot_tables,
     evaluate_fewshot_model,
     make_k_shot_split,
