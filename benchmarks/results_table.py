@@ -1,7 +1,7 @@
 """Rewrite the README's results table from stored per-run metrics (no hand-pasted numbers).
 
 Usage:
-    python benchmarks/results_table.py                  # from docs/results/benchmark_full_metrics.csv
+    python benchmarks/results_table.py                  # from docs/results/fewshot_default_metrics.csv
     python benchmarks/results_table.py --metrics data/08_reporting/benchmark_metrics.csv
     python benchmarks/results_table.py --check          # exit 1 if README.md is out of date
 
@@ -23,7 +23,7 @@ import pandas as pd
 from cardiac_pipeline.echo.metrics import mean_sd_text, summarise_over_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_METRICS = Path("docs/results/benchmark_full_metrics.csv")
+DEFAULT_METRICS = Path("docs/results/fewshot_default_metrics.csv")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Rows in reading order: the method, its ablations, the other learners, then the constants.
 METHOD_ORDER = (

@@ -182,4 +182,6 @@ def test_training_section_is_train_config_plus_work_dir() -> None:
     from cardiac_pipeline.model.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert config.keys_of(config.TrainingConfig) == (fields - {"eval_batch_size"}) | {"work_dir"}
+    adaptation = {"adaptation", "prior_correction", "cached"}  # how to adapt (model/recipe.py)
+    expected = (fields - {"eval_batch_size"}) | {"work_dir"} | adaptation
+    assert config.keys_of(config.TrainingConfig) == expected

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DatasetError
 
 from cardiac_pipeline.echo.clips import effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store
@@ -123,19 +124,24 @@ def test_store_is_reused_when_weights_are_unchanged_and_rebuilt_when_they_change
 
 
 def test_the_kedro_dataset_opens_the_store_of_the_last_build(site, tmp_path: Path) -> None:
-    from cardiac_pipeline.datasets import FeatureStoreRequest, FrameFeatureStoreDataset
+    from cardiac_pipeline.datasets import FrameFeatureStoreDataset
+    from cardiac_pipeline.model.features import FeatureStore, build_feature_store, key_digest
 
     store, table, path = site
     dataset = FrameFeatureStoreDataset(str(tmp_path / "features"))
-    dataset.save(FeatureStoreRequest(model=None, clip_store=store, names=[], spec=None))
+    dataset.save({})
     assert dataset.load() is None  # full adaptation: nothing built, nothing to open
     model = recipe.build_cardiac_clip(_arch(path), seed=0)
     spec = recipe.clip_spec(CLIPS)
     key = feature_store_key(model, store, spec, ARCH)
     names = table["FileName"].tolist()[:2]
-    dataset.save(FeatureStoreRequest(model, store, names, spec, key, progress=False))
+    root = tmp_path / "features" / key_digest(key)
+    build_feature_store(model, store, root, names, spec, key=key, progress=False)
+    dataset.save(FeatureStore(root))
     loaded = dataset.load()
     assert loaded.key == key and all(name in loaded for name in names)
+    with pytest.raises(DatasetError, match="must be in"):  # the dataset only records stores
+        dataset.save(FeatureStore(tmp_path))
 
 
 def _split(table: pd.DataFrame) -> pd.DataFrame:

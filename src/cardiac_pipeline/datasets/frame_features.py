@@ -3,7 +3,8 @@
 Each feature key (weights' content digest, trunk, scales, preprocessing, clip grid: see
 ``model.features.feature_store_key``) gets its own folder under ``path``, built by the
 ``build_frame_features`` node; ``current.json`` names the store that the last build wrote,
-which is what ``load`` opens (None when the run adapted without cached features).
+which is what ``load`` opens. The node saves ``{}`` (Kedro saves no None) when the run
+adapts without cached features; ``load`` then gives None.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class FrameFeatureStoreDataset(AbstractDataset[Any, Any]):
 
     def save(self, data: Any) -> None:
         key = None
-        if data is not None:
+        if data != {}:
             root = Path(data.root)
             if root.resolve().parent != self._path.resolve():
                 raise DatasetError(f"{root}: a feature store saved here must be in {self._path}")

@@ -222,8 +222,8 @@ def work_folder(
     split's videos, the clip store and, for the cached modes, the frame-feature store, so
     the same arguments as ``train_on_split`` give the folder it trains in.
     """
-    arch = adapted_arch(arch, training)
     training = _effective_training(arch, training)
+    arch = adapted_arch(arch, training)
     train_rows = split[split["role"] == "train"]
     val_rows = split[split["role"] == "val"]
     parts = [
@@ -242,10 +242,17 @@ def work_folder(
 
 
 def _effective_training(arch: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
-    """``training`` as run: ``select_start`` is off for random starting weights."""
-    if training.get("select_start") and not starts_pretrained(arch):
-        return {**training, "select_start": False}
-    return training
+    """``training`` as run. Random starting weights: ``select_start`` is off (they are no
+    model), and so is adaptation on cached features (a random trunk's frozen features carry
+    nothing to adapt to: the whole network trains, ``adaptation: full``)."""
+    if starts_pretrained(arch):
+        return training
+    changes = {}
+    if training.get("select_start"):
+        changes["select_start"] = False
+    if training.get("adaptation", "full") != "full":
+        changes["adaptation"] = "full"
+    return {**training, **changes} if changes else training
 
 
 def _portable_path(path: str | Path) -> str:
@@ -311,14 +318,17 @@ def train_on_split(
     ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
     check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
+    if not starts_pretrained(arch):
+        logger.info(
+            "%s starts from random weights: select_start off, adaptation full",
+            arch["backbone"]["name"],
+        )
+    training = _effective_training(arch, training)
     mode, cached_training, prior = adaptation_settings(training)
     if mode != "full" and model is not None:
         raise ValueError(f"training.adaptation {mode!r} builds its own CardiacCLIP; use full")
     arch = adapted_arch(arch, training)
     seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
-    if training.get("select_start") and not starts_pretrained(arch):
-        logger.info("select_start off: %s starts from random weights", arch["backbone"]["name"])
-    training = _effective_training(arch, training)
     spec = clip_spec(clips)
     train_rows = split[split["role"] == "train"]
     val_rows = split[split["role"] == "val"]

@@ -133,7 +133,8 @@ def build_frame_features(
     checkpoint first when ``with_checkpoint``, then every model's split.
 
     Shared by every (k, seed) and every method of the same backbone and scales; a video
-    already stored is not encoded again. None when ``training.adaptation`` is ``full``.
+    already stored is not encoded again. ``{}`` (no store) when ``training.adaptation`` is
+    ``full`` or the backbone starts from random weights.
     """
     from cardiac_pipeline.model.features import (
         FeatureStore,
@@ -146,10 +147,12 @@ def build_frame_features(
     pretrained_backbone, splits = (inputs[0], inputs[1:]) if with_checkpoint else (None, inputs)
     mode, _, _ = recipe.adaptation_settings(training)
     if mode == "full":
-        return None
+        return {}
     backbone = recipe.with_pretrained(
         backbone, str(pretrained_backbone) if pretrained_backbone else None
     )
+    if not recipe.starts_pretrained({"backbone": backbone}):
+        return {}  # a random start trains the whole network (recipe: adaptation full)
     model = recipe.build_cardiac_clip({"backbone": backbone, "cardiac_clip": cardiac_clip}, seed=0)
     spec = recipe.clip_spec(clips)
     names = sorted({str(n) for split in splits for n in split["FileName"]})
