@@ -43,6 +43,18 @@ def test_misspelt_section_through_kedro_run_is_one_line_and_exit_2(kedro_project
 
 
 @pytest.mark.slow
+def test_the_paper_gpu_run_file_parses_and_names_the_dataset_to_set(kedro_project) -> None:
+    run_file = Path(__file__).resolve().parents[1] / "conf" / "runs" / "paper_gpu.yml"
+    result = kedro_run(kedro_project.path, "--config", str(run_file))
+    assert result.returncode == USER_ERROR_EXIT_CODE, result.stderr
+    assert result.stderr.strip().startswith(
+        "Error: echonet_root '/path/to/EchoNet-Dynamic': folder not found"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (kedro_project.path / "data").exists()
+
+
+@pytest.mark.slow
 def test_missing_echonet_root_through_kedro_run_creates_nothing(kedro_project, tmp_path) -> None:
     missing = tmp_path / "EchoNet"
     result = kedro_run(
