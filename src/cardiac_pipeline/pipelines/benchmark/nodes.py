@@ -95,10 +95,11 @@ def make_benchmark_split(
     )
 
 
-def _base_recipe(benchmark: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
-    """The fewshot recipe, with ``benchmark.recipe`` over it (CPU-sized clips and epochs for
-    a grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
-    shorter adaptation): the base every method's own overrides start from."""
+def _base_recipe(benchmark: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """The fewshot recipe (``sections``: backbone, cardiac_clip, clips, training,
+    evaluation), with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a grid
+    of many runs) and the variant's own ``recipe`` over that (the quick variant's shorter
+    adaptation): the base every method's own overrides start from."""
     variant, grid = _variant(benchmark)
     base = layered_recipe(
         sections,
@@ -155,13 +156,11 @@ def run_benchmark_method(
     share_cores()
     base = _base_recipe(
         benchmark,
-        {
-            "backbone": backbone,
-            "cardiac_clip": cardiac_clip,
-            "clips": clips,
-            "training": training,
-            "evaluation": evaluation,
-        },
+        backbone=backbone,
+        cardiac_clip=cardiac_clip,
+        clips=clips,
+        training=training,
+        evaluation=evaluation,
     )
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
     settings = benchmark["methods"][method]
@@ -212,13 +211,11 @@ def predict_zero_shot(
     share_cores()
     base = _base_recipe(
         benchmark,
-        {
-            "backbone": backbone,
-            "cardiac_clip": cardiac_clip,
-            "clips": clips,
-            "training": training,
-            "evaluation": evaluation,
-        },
+        backbone=backbone,
+        cardiac_clip=cardiac_clip,
+        clips=clips,
+        training=training,
+        evaluation=evaluation,
     )
     rows = video_index[video_index["Split"].isin(["VAL", "TEST"])]
     rows = rows.assign(role=rows["Split"].str.lower())
