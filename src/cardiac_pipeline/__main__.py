@@ -130,6 +130,7 @@ def train(argv: Sequence[str]) -> Path | None:
 def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     import torch
 
+    from cardiac_pipeline.config import FewshotConfig, build_section
     from cardiac_pipeline.echo.clipstore import atomic_write
     from cardiac_pipeline.echo.kshot import k_shot_split
     from cardiac_pipeline.model import distributed, recipe
@@ -138,13 +139,14 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     params, catalog = context.params, context.catalog
     sections = {name: params[name] for name in recipe.RECIPE_KEYS}
     recipe.check_recipe(sections)
-    fewshot = params.get("fewshot", {})
+    fewshot = build_section(FewshotConfig, params.get("fewshot"), "fewshot")
     split = k_shot_split(
         catalog.load("video_index"),
         k=args.k,
         seed=args.seed,
-        val_size=fewshot.get("val_size"),
-        val_seed=int(fewshot.get("val_seed", 0)),
+        val_size=fewshot.val_size,
+        val_seed=fewshot.val_seed,
+        calibration_size=fewshot.calibration_size,
     )
     backbone = recipe.with_pretrained(sections["backbone"], _pretrained_checkpoint(catalog))
     arch = {"backbone": backbone, "cardiac_clip": sections["cardiac_clip"]}

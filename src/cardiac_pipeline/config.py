@@ -138,6 +138,7 @@ class FewshotConfig:
     seeds: list[int] = param([0, 1], minimum=0)
     val_size: int | None = param(60, minimum=1)
     val_seed: int = param(0, minimum=0)
+    calibration_size: int | None = param(120, minimum=0)
     split_file: str | None = param(None)
 
 
@@ -225,6 +226,7 @@ class BenchmarkVariantConfig:
     seeds: list[int] = param(minimum=0)
     methods: list[str] = param()
     val_size: int | None = param(None, minimum=1)
+    calibration_size: int | None = param(0, minimum=0)
     recipe: dict[str, Any] | None = param(None)
 
 

@@ -113,3 +113,31 @@ def test_read_split_file_names_unknown_videos_and_bad_splits(file_list, tmp_path
     path.write_text("FileName,Split\n0X0000,TRAIN\n0X0000.avi,VAL\n")
     with pytest.raises(ValueError, match="more than once"):
         read_split_file(path, file_list)
+
+
+def test_calibration_subset_is_other_val_videos_fixed_across_k_and_seed(file_list):
+    def names(s, role):
+        return list(s.loc[s["role"] == role, "FileName"])
+
+    plain = k_shot_split(file_list, k=1, seed=0, val_size=20)
+    a = k_shot_split(file_list, k=1, seed=0, val_size=20, calibration_size=12)
+    b = k_shot_split(file_list, k=4, seed=7, val_size=20, calibration_size=12)
+    assert names(a, "val") == names(plain, "val")  # holding videos out leaves VAL alone
+    assert len(names(a, "calibration")) == 12 and names(a, "calibration") == names(b, "calibration")
+    assert not set(names(a, "calibration")) & set(names(a, "val"))
+    assert set(names(a, "calibration")) <= set(
+        file_list.loc[file_list["Split"] == "VAL", "FileName"]
+    )
+    rest = k_shot_split(file_list, k=1, seed=0, val_size=20, calibration_size=None)
+    assert len(names(rest, "calibration")) == 30  # 50 VAL: the other 30
+    assert names(plain, "calibration") == []  # 0, the default: none
+
+
+def test_calibration_rows_fall_back_to_val_without_a_calibration_subset(file_list):
+    from cardiac_pipeline.echo.kshot import calibration_rows
+
+    held_out = k_shot_split(file_list, k=1, seed=0, val_size=20, calibration_size=12)
+    assert (calibration_rows(held_out)["role"] == "calibration").all()
+    assert len(calibration_rows(held_out)) == 12
+    plain = k_shot_split(file_list, k=1, seed=0, val_size=20)
+    assert (calibration_rows(plain)["role"] == "val").all() and len(calibration_rows(plain)) == 20

@@ -230,3 +230,35 @@ def test_format_mean_sd_keeps_integer_group_labels() -> None:
     text = format_mean_sd(summarise_over_seeds(table, ["k"], ["mae"]), ["k"], ["mae"])
     assert "| 1 | 2 | 7.10 ± 0.14 |" in text
     assert "| 8 | 1 | 6.60 |" in text
+
+
+def test_conformal_by_model_calibrates_on_held_out_val_videos_when_the_split_has_them():
+    from cardiac_pipeline.echo.metrics import conformal_by_model
+
+    rng = np.random.default_rng(0)
+
+    def rows(role, n, error):
+        true = rng.uniform(20, 75, n)
+        return pd.DataFrame(
+            {
+                "method": "m",
+                "k": 1,
+                "seed": 0,
+                "FileName": [f"{role}{i}" for i in range(n)],
+                "role": role,
+                "EF_true": true,
+                "EF_pred": true + error * rng.choice([-1, 1], n),
+            }
+        )
+
+    # the epoch-picking VAL videos look better (error 1) than new videos (error 4 or 5)
+    val, calibration, test = (
+        rows("val", 30, 1.0),
+        rows("calibration", 30, 5.0),
+        rows("test", 50, 4.0),
+    )
+    held_out = conformal_by_model(pd.concat([val, calibration, test]), 0.1)
+    assert held_out["half_width"].iloc[0] == pytest.approx(5.0)
+    assert held_out["covered"].mean() == 1.0
+    on_val = conformal_by_model(pd.concat([val, test]), 0.1)
+    assert on_val["half_width"].iloc[0] == pytest.approx(1.0) and on_val["covered"].mean() == 0.0

@@ -23,6 +23,7 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project, monkeypat
     kedro_project.set_params(
         {
             **TINY,
+            "synthetic": {"generate": {**TINY["synthetic"]["generate"], "n_val": 6}},
             "benchmark": {
                 "variant": "quick",
                 "recipe": {"clips": {"frames": 4, "period": 4}, "training": {"epochs": 1}},
@@ -31,6 +32,7 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project, monkeypat
                         "shots": [1],
                         "seeds": [0],
                         "val_size": 4,
+                        "calibration_size": 2,
                         "methods": [
                             "zero_shot",
                             "linear_probe",
@@ -71,7 +73,10 @@ def test_benchmark_quick_variant_runs_every_method_kind(kedro_project, monkeypat
     predicted = pd.read_csv(
         next(out.parent.glob("07_model_output/benchmark_predictions.csv/*/*.csv"))
     )
-    assert set(predicted["role"]) == {"val", "test"}
+    # every method also predicts the 2 held-out VAL videos that calibrate its interval
+    counts = predicted.groupby(["method", "role"]).size().unstack(fill_value=0)
+    assert set(counts.columns) == {"val", "calibration", "test"}
+    assert (counts[["val", "calibration", "test"]] == [4, 2, 6]).all(axis=None), counts
     # the from-scratch regressor starts at its k-shot training mean, not EchoNet's 55.6
     splits = out.parent / "05_model_input/benchmark_splits"
     split = pd.read_csv(next(splits.glob("*/benchmark_splits/k1_seed0.csv")))

@@ -3,14 +3,16 @@
 k-shot = k TRAIN videos per integer LVEF level (``floor(EF)``); a level with fewer than k
 videos gives all it has. Validation is a fixed subset of VAL (``val_size`` videos drawn with
 ``val_seed``, the same for every k and seed, so validation MAE is comparable across runs),
-and testing uses the full TEST split.
+and testing uses the full TEST split. ``calibration_size`` further VAL videos, outside the
+validation subset and likewise fixed by ``val_seed``, calibrate the conformal prediction
+interval: the validation subset also picks the epoch, so its errors are optimistic.
 
 Each level's videos are shuffled by a generator seeded with ``(seed, level)`` and the first
 k are taken. Hence, for one seed, the k-shot sets are nested (1-shot within 2-shot within
 4-shot ...), and adding or removing videos of one level leaves the other levels' picks alone.
 
 Output (contract "k-shot split"): ``FileName, EF, Split, role, k, seed``, role in
-``train``/``val``/``test``, sorted by role then FileName.
+``train``/``val``/``calibration``/``test``, sorted by role then FileName.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from cardiac_pipeline.echo.discs import strip_video_suffix
 from cardiac_pipeline.errors import UserError
 
 SPLIT_COLUMNS = ["FileName", "EF", "Split", "role", "k", "seed"]
-ROLES = ("train", "val", "test")
+ROLES = ("train", "val", "calibration", "test")
+EVALUATED_ROLES = ROLES[1:]  # the roles a benchmark method predicts
 _ROLE_OF_SPLIT = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
 
 
@@ -60,11 +63,14 @@ def k_shot_split(
     seed: int,
     val_size: int | None = 600,
     val_seed: int = 0,
+    calibration_size: int | None = 0,
 ) -> pd.DataFrame:
     """The (k, seed) split of a video index with TRAIN/VAL/TEST in its ``Split`` column.
 
     val_size: size of the fixed validation subset (all of VAL when None or when VAL is
-    smaller); it depends on ``val_seed`` only, never on k or seed.
+    smaller); it depends on ``val_seed`` only, never on k or seed. calibration_size: VAL
+    videos outside it (all of them when None, as many as there are when fewer) with role
+    ``calibration``, also fixed by ``val_seed``; 0 for none.
     """
     _check_index(index)
     if k < 1:
@@ -99,15 +105,43 @@ def k_shot_split(
         picked.append(group.iloc[np.sort(order[:k])])
     train_pick = pd.concat(picked) if picked else train.iloc[:0]
 
-    val = frame[frame["Split"] == "VAL"]
-    if val_size is not None and len(val) > val_size:
-        keep = np.random.default_rng(val_seed).choice(len(val), size=val_size, replace=False)
-        val = val.iloc[np.sort(keep)]
+    val, calibration = _validation_subsets(
+        frame[frame["Split"] == "VAL"], val_size, val_seed, calibration_size
+    )
     test = frame[frame["Split"] == "TEST"]
 
     chosen = pd.concat([train_pick, val, test])
     chosen = chosen.assign(role=chosen["Split"].map(_ROLE_OF_SPLIT))
+    chosen = pd.concat([chosen, calibration.assign(role="calibration")])
     return _finish(chosen, k, seed)
+
+
+def _validation_subsets(
+    val: pd.DataFrame, val_size: int | None, val_seed: int, calibration_size: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation subset and the calibration subset (disjoint) of the VAL videos."""
+    rest = val.iloc[:0]
+    if val_size is not None and len(val) > val_size:
+        keep = np.random.default_rng(val_seed).choice(len(val), size=val_size, replace=False)
+        chosen = np.zeros(len(val), dtype=bool)
+        chosen[keep] = True
+        val, rest = val.iloc[np.flatnonzero(chosen)], val.iloc[np.flatnonzero(~chosen)]
+    if calibration_size is not None and len(rest) > calibration_size:
+        keep = np.random.default_rng([val_seed, 1]).choice(
+            len(rest), size=calibration_size, replace=False
+        )
+        rest = rest.iloc[np.sort(keep)]
+    return val, rest
+
+
+def calibration_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that calibrate a conformal interval: role ``calibration``, else ``val``.
+
+    A split without a calibration subset (``calibration_size: 0``, a user's split file)
+    falls back to the validation videos, whose errors the epoch choice made optimistic.
+    """
+    calibration = table[table["role"] == "calibration"]
+    return calibration if len(calibration) else table[table["role"] == "val"]
 
 
 def read_split_table(path: str | os.PathLike) -> tuple[pd.Series, pd.Series]:

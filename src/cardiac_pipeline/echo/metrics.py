@@ -837,19 +837,21 @@ def conformal_by_model(
     alpha: float,
     model_cols: Sequence[str] = ("method", "k", "seed"),
 ) -> pd.DataFrame:
-    """TEST rows with each model's split-conformal interval calibrated on its VAL rows.
+    """TEST rows with each model's split-conformal interval calibrated on its calibration
+    rows (``kshot.calibration_rows``: role ``calibration``, else ``val``).
 
-    ``predictions``: long, the ``model_cols``, ``role`` (val / test), ``FileName``,
-    ``EF_true``, ``EF_pred``. Adds ``half_width``, ``EF_lower``, ``EF_upper`` and
-    ``covered`` (1.0 when the interval holds the true EF); a model without VAL rows gets
-    NaN there.
+    ``predictions``: long, the ``model_cols``, ``role`` (val / calibration / test),
+    ``FileName``, ``EF_true``, ``EF_pred``. Adds ``half_width``, ``EF_lower``, ``EF_upper``
+    and ``covered`` (1.0 when the interval holds the true EF); a model without VAL rows
+    gets NaN there.
     """
+    from cardiac_pipeline.echo.kshot import calibration_rows
 
     model_cols = list(model_cols)
     _check_columns(predictions, [*model_cols, "role", *PREDICTION_KEYS], "predictions")
     parts = []
     for _, group in predictions.groupby(model_cols, sort=False, dropna=False):
-        val = group[group["role"] == "val"]
+        val = calibration_rows(group)
         test = group[group["role"] == "test"].copy()
         if len(val):
             residuals = np.abs(val["EF_pred"].to_numpy(float) - val["EF_true"].to_numpy(float))
@@ -876,7 +878,7 @@ def ci_table_preamble(bootstrap: Mapping[str, Any], alpha: float) -> str:
         f"TEST videos, {bootstrap['n_resamples']} resamples). n: models (seeds); a model that "
         "uses no k-shot labels counts once (k 'any'). "
         f"{coverage_key(alpha)}: share of TEST videos inside the {100 * (1 - alpha):g}% "
-        "conformal interval calibrated on VAL.\n\n"
+        "conformal interval calibrated on VAL videos that did not pick the epoch.\n\n"
     )
 
 

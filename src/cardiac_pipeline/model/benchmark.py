@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.echo.kshot import EVALUATED_ROLES
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.prediction_cache import PredictionCache
@@ -101,17 +102,17 @@ def run_method(
     progress: bool = True,
     features: Any = None,
 ) -> pd.DataFrame:
-    """VAL and TEST predictions (``FileName, role, EF_true, EF_pred``) of one method.
+    """VAL, calibration and TEST predictions (``FileName, role, EF_true, EF_pred``) of one
+    method.
 
-    VAL is predicted like TEST (same clips), so its residuals calibrate the method's
-    conformal interval whose TEST coverage the benchmark reports. ``features``: the
+    VAL and calibration videos are predicted like TEST (same clips), so that the
+    calibration residuals give the method's conformal interval whose TEST coverage the
+    benchmark reports. ``features``: the
     frame-feature store shared by every method adapted on cached features
     (``training.adaptation``) and by their predictions.
     """
     kind = method_kind(name, method)
     settings = method_settings(method, base)
-    test = split[split["role"] == "test"]
-    val = split[split["role"] == "val"]
     train = split[split["role"] == "train"]
     uses_pretrained = method.get("pretrained", kind in ("zero_shot", "linear_probe"))
     if uses_pretrained and not pretrained_backbone:
@@ -131,10 +132,10 @@ def run_method(
     device = settings["training"].get("device", "auto")
 
     if kind == "zero_shot":
-        return _with_roles(val, test, lambda rows: zero_shot_predictions(store, rows, settings))
+        return _with_roles(split, lambda rows: zero_shot_predictions(store, rows, settings))
     if kind == "linear_probe":
         return _with_roles(
-            val, test, lambda rows: _linear_probe(store, train, rows, settings, Path(cache_dir))
+            split, lambda rows: _linear_probe(store, train, rows, settings, Path(cache_dir))
         )
     arch = {
         "backbone": settings["backbone"],
@@ -198,18 +199,16 @@ def run_method(
         )
         return predictions[["FileName", "EF_true", "EF_pred"]]
 
-    return _with_roles(val, test, predict)
+    return _with_roles(split, predict)
 
 
 def _with_roles(
-    val: pd.DataFrame, test: pd.DataFrame, predict: Callable[[pd.DataFrame], pd.DataFrame]
+    split: pd.DataFrame, predict: Callable[[pd.DataFrame], pd.DataFrame]
 ) -> pd.DataFrame:
-    """``predict`` on VAL and on TEST apart (each keeps its prediction-cache entry), tagged."""
-    parts = [
-        predict(rows).assign(role=role)
-        for role, rows in (("val", val), ("test", test))
-        if len(rows)
-    ]
+    """``predict`` on each evaluated role of ``split`` apart (val, calibration, test: each
+    keeps its prediction-cache entry), tagged with the role."""
+    roles = [split[split["role"] == role].assign(role=role) for role in EVALUATED_ROLES]
+    parts = [predict(rows).assign(role=rows["role"].iloc[0]) for rows in roles if len(rows)]
     return pd.concat(parts, ignore_index=True)[["FileName", "role", "EF_true", "EF_pred"]]
 
 

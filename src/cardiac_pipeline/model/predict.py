@@ -424,7 +424,7 @@ def prediction_report_html(
         parts.append("</table>")
         if interval_level:
             parts.append(
-                f"<p>{escape(level)}: split conformal on the model's VAL errors; about "
+                f"<p>{escape(level)}: split conformal on the model's errors on held-out validation videos; about "
                 f"{100 * interval_level:g}% of videos like the validation videos have their "
                 "true LVEF inside it (not a guarantee for unlike input: see flags).</p>"
             )

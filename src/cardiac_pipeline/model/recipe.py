@@ -435,19 +435,28 @@ def calibrate_interval(
 ) -> dict[str, Any] | None:
     """Store the split-conformal interval of the selected model in ``checkpoint["interval"]``.
 
-    VAL is predicted once more, as TEST and predict do (``evaluation.n_clips``; training
-    scored VAL with ``clips.val_clips``), so that its residuals are exchangeable with
-    theirs; the half-width is their ``ceil((n + 1)(1 - alpha))``-th smallest value
-    (``evaluation.interval_alpha``). None (and nothing stored) without VAL videos.
+    The calibration videos (``kshot.calibration_rows``: VAL videos that did not pick the
+    epoch) are predicted as TEST and predict do (``evaluation.n_clips``), so that their
+    residuals are exchangeable with theirs; the half-width is their
+    ``ceil((n + 1)(1 - alpha))``-th smallest value (``evaluation.interval_alpha``). None
+    (and nothing stored) without VAL videos.
     """
+    from cardiac_pipeline.echo.kshot import calibration_rows
     from cardiac_pipeline.echo.metrics import interval_alpha
     from cardiac_pipeline.echo.uncertainty import conformal_calibration
 
-    val = split[split["role"] == "val"]
-    if val.empty:
+    rows = calibration_rows(split)
+    if rows.empty:
         return None
+    if not (rows["role"] == "calibration").all():
+        logger.warning(
+            "the prediction interval is calibrated on the %d VAL videos that also picked the "
+            "epoch, so it may cover less than it says; set fewshot.calibration_size to hold "
+            "other VAL videos out for it",
+            len(rows),
+        )
     table, _ = predict_on_table(
-        store, val, checkpoint, evaluation, progress=progress, features=features
+        store, rows, checkpoint, evaluation, progress=progress, features=features
     )
     interval = conformal_calibration(table["EF_true"], table["EF_pred"], interval_alpha(evaluation))
     interval["n_clips"] = evaluation.get("n_clips", 4)

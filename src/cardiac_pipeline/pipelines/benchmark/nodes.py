@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from cardiac_pipeline.config import BenchmarkConfig, BenchmarkVariantConfig, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.echo.kshot import k_shot_split
+from cardiac_pipeline.echo.kshot import EVALUATED_ROLES, k_shot_split
 from cardiac_pipeline.echo.metrics import (
     CI_DECIMALS,
     CI_HEADERS,
@@ -91,7 +91,12 @@ def make_benchmark_split(
     _check_built(benchmark, splits, methods)
     _, grid = _variant(benchmark)
     return k_shot_split(
-        video_index, k=int(k), seed=int(seed), val_size=grid.get("val_size"), val_seed=0
+        video_index,
+        k=int(k),
+        seed=int(seed),
+        val_size=grid.get("val_size"),
+        val_seed=0,
+        calibration_size=grid.get("calibration_size", 0),
     )
 
 
@@ -235,10 +240,12 @@ def predict_zero_shot(
 def score_zero_shot(
     benchmark_split: pd.DataFrame, zero_shot_predictions: pd.DataFrame, *, method: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The zero-shot predictions on this split's VAL and TEST videos: its metrics row and
-    per-video predictions."""
+    """The zero-shot predictions on this split's VAL (validation and calibration) and TEST
+    videos: its metrics row and per-video predictions."""
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
-    roles = benchmark_split.loc[benchmark_split["role"].isin(["val", "test"]), ["FileName", "role"]]
+    roles = benchmark_split.loc[
+        benchmark_split["role"].isin(list(EVALUATED_ROLES)), ["FileName", "role"]
+    ]
     predictions = zero_shot_predictions.drop(columns=["role"], errors="ignore").merge(
         roles, on="FileName"
     )
@@ -281,7 +288,7 @@ def _constant_predictions(
     split: pd.DataFrame, constant: float, method: str, k: int, seed: int
 ) -> pd.DataFrame:
     """A constant baseline's per-video predictions on VAL and TEST (for CIs and intervals)."""
-    rows = split[split["role"].isin(["val", "test"])]
+    rows = split[split["role"].isin(list(EVALUATED_ROLES))]
     return pd.DataFrame(
         {
             "method": method,

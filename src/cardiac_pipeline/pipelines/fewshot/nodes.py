@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cardiac_pipeline.config import FewshotConfig, keys_of
+from cardiac_pipeline.config import FewshotConfig, build_section, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
@@ -92,12 +92,14 @@ def make_k_shot_split(
 ) -> pd.DataFrame:
     """The k-shot split of one (k, seed): k TRAIN videos per EF level, the fixed VAL and TEST."""
     check_grid(fewshot, built)
+    grid = build_section(FewshotConfig, fewshot, "fewshot")
     split = k_shot_split(
         video_index,
         k=int(k),
         seed=int(seed),
-        val_size=fewshot.get("val_size"),
-        val_seed=int(fewshot.get("val_seed", 0)),
+        val_size=grid.val_size,
+        val_seed=grid.val_seed,
+        calibration_size=grid.calibration_size,
     )
     logger.info("k=%s seed=%s: %s", k, seed, split["role"].value_counts().to_dict())
     return split
