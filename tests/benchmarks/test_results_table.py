@@ -45,6 +45,22 @@ def test_table_between_markers_is_replaced_and_the_rest_kept(tmp_path: Path) -> 
     assert results_table.main([*args, "--check"]) == 0
 
 
+def test_benchmark_block_has_its_own_markers_and_seed_free_rows_show_no_sd(tmp_path: Path) -> None:
+    metrics = pd.concat(
+        [METRICS, pd.DataFrame({"method": "zero_shot", "k": 1, "seed": [0, 1], "mae": 8.6})]
+    )
+    csv = tmp_path / "metrics.csv"
+    metrics.to_csv(csv, index=False)
+    readme = tmp_path / "README.md"
+    original = "<!-- results:start -->\nkept\n<!-- results:end -->\n"
+    readme.write_text(original + "<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\n")
+    args = ["--block", "benchmark", "--metrics", str(csv), "--readme", str(readme)]
+    assert results_table.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith(original) and "old" not in text
+    assert "| zero_shot | 8.60 | – |" in text and "--block benchmark" in text
+
+
 def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
     csv = tmp_path / "metrics.csv"
     METRICS.to_csv(csv, index=False)
@@ -56,3 +72,5 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 
 def test_the_projects_readme_table_matches_its_stored_metrics() -> None:
     assert results_table.main(["--check"]) == 0
+    if "<!-- benchmark:start -->" in (PROJECT_ROOT / "README.md").read_text(encoding="utf-8"):
+        assert results_table.main(["--block", "benchmark", "--check"]) == 0

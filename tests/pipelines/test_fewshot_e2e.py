@@ -38,6 +38,9 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     cardiac = metrics[metrics["method"] == "cardiac_clip"]
     assert sorted(cardiac["split"]) == ["k1_seed0", "k1_seed1"]
     assert cardiac["mae"].between(0, 100).all()
+    # MFL's weights summarised against mean pooling (1.0): entropy in (0, 1], peak in [1, T]
+    assert cardiac["mfl_entropy"].between(0, 1 + 1e-6).all()
+    assert cardiac["mfl_peak"].between(1 - 1e-6, 4).all()
     assert (metrics["method"] == "mean_predictor").sum() == 2
     assert (metrics["method"] == "val_median_predictor").sum() == 2
 

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from cardiac_pipeline.config import FewshotConfig, build_section, keys_of
 from cardiac_pipeline.echo import plots
+from cardiac_pipeline.echo.attention import ATTENTION_KEYS, attention_summary
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import k_shot_split, read_split_file
 from cardiac_pipeline.echo.metrics import (
@@ -293,6 +294,7 @@ def evaluate_fewshot_model(
     metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, coverage, table["covered"])
     baselines = split_baselines(k_shot_split, table["EF_true"])
     method = fewshot_model["arch"]["cardiac_clip"].get("method", "cardiac_clip")
+    metrics.update(_attention_metrics(attention, video_index))
     rows = [{"split": name, "method": method, "k": k, "seed": seed, **metrics}]
     references = {b: np.full(len(table), v["constant"]) for b, v in baselines.items()}
     if zero_shot is not None and len(zero_shot):
@@ -330,6 +332,13 @@ def evaluate_fewshot_model(
         coverage,
         metrics[coverage],
     )
+    if "mfl_entropy" in metrics:
+        logger.info(
+            "%s: MFL attention (1.0 = mean pooling): entropy %.3f, peak %.2f, at ED %.2f, "
+            "at ES %.2f",
+            name,
+            *(metrics[key] for key in ATTENTION_KEYS),
+        )
     return table.assign(split=name), pd.DataFrame(rows), figures
 
 
@@ -481,6 +490,26 @@ def _evaluation_figures(
             weights, frames, titles, ed_frames=ed, es_frames=es
         )
     return figures
+
+
+def _attention_metrics(
+    attention: dict[str, dict[str, Any]], video_index: pd.DataFrame
+) -> dict[str, float]:
+    """``echo.attention`` summaries of the model's MFL weights on TEST against the traced
+    ED/ES frames (none for a model without attention)."""
+    if not attention:
+        return {}
+    columns = [c for c in ("ED_frame", "ES_frame") if c in video_index]
+    meta = video_index.set_index("FileName")[columns].reindex(list(attention))
+
+    def frame(value: Any) -> float | None:
+        return None if value is None or pd.isna(value) else float(value)
+
+    phases = {
+        name: (frame(row.get("ED_frame")), frame(row.get("ES_frame")))
+        for name, row in meta.to_dict(orient="index").items()
+    }
+    return attention_summary(attention, phases)
 
 
 def _attention_examples(table: pd.DataFrame, n: int) -> list[str]:
