@@ -1,4 +1,4 @@
-"""What MFL's attention over a clip's frames learned, in three numbers a reader can check.
+"""What MFL's attention over a clip's frames learned, in four numbers a reader can check.
 
 MFL pools a clip's frame embeddings with softmax weights. Uniform weights are mean pooling
 (the ablation), so each summary is scaled to read 1.0 there:
