@@ -138,7 +138,7 @@ class FewshotConfig:
     seeds: list[int] = param([0, 1], minimum=0)
     val_size: int | None = param(60, minimum=1)
     val_seed: int = param(0, minimum=0)
-    calibration_size: int | None = param(120, minimum=0)
+    calibration_size: int | None = param(200, minimum=0)
     split_file: str | None = param(None)
 
 

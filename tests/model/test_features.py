@@ -21,6 +21,7 @@ from cardiac_pipeline.model.features import (
     FeatureClipDataset,
     FeatureStore,
     build_feature_store,
+    feature_precision,
     feature_store_key,
     key_digest,
     prior_offset,
@@ -92,6 +93,35 @@ def test_cached_features_equal_the_trunk_recomputed(site, tmp_path: Path) -> Non
         stored = torch.from_numpy(np.asarray(features.load(name), dtype=np.float32))
         assert stored.shape == (len(video[::step]), 2, model.image_encoder.num_features)
         torch.testing.assert_close(stored.flatten(1), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_bf16_store_is_its_own_and_close_to_fp32(site, tmp_path: Path) -> None:
+    store, table, path = site
+    fp32, model = _store(site, tmp_path / "fp32")
+    spec = recipe.clip_spec(CLIPS)
+    key = feature_store_key(model, store, spec, ARCH, "bf16")
+    assert key_digest(key) != key_digest(feature_store_key(model, store, spec, ARCH))
+    root = tmp_path / "bf16" / key_digest(key)
+    names = table["FileName"][:2]
+    build_feature_store(model, store, root, names, spec, key=key, progress=False)
+    bf16 = FeatureStore(root)
+    for name in names:
+        a, b = (np.asarray(s.load(name), dtype=np.float32) for s in (fp32, bf16))
+        assert not np.array_equal(a, b)  # the build did run in bf16
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05
+
+
+def test_feature_precision_follows_amp_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cardiac_pipeline.model import features
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert feature_precision("off", cuda) == "fp32"
+    assert feature_precision("bf16", cpu) == "bf16"
+    assert feature_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(features, "_cpu_has_amx", lambda: False)
+    assert feature_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(features, "_cpu_has_amx", lambda: True)
+    assert feature_precision("auto", cpu) == "bf16"
 
 
 def test_store_is_reused_when_weights_are_unchanged_and_rebuilt_when_they_change(

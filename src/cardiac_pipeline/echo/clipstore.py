@@ -366,14 +366,30 @@ def preprocess_frames(frames: np.ndarray, params: PreprocessParams) -> tuple[np.
     grey = is_grey(frames, params.grey_tolerance)
     size = params.size
     out = np.empty((frames.shape[0], 1 if grey else 3, size, size), dtype=np.uint8)
-    for i, frame in enumerate(frames):
+    for start in range(0, frames.shape[0], _GREY_CHUNK_FRAMES):
+        chunk = frames[start : start + _GREY_CHUNK_FRAMES]
         if grey:
-            frame = ((frame.astype(np.uint16).sum(axis=-1) + 1) // 3).astype(np.uint8)
-        frame = _square(frame, params.fit)
-        if frame.shape[:2] != (size, size):
-            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-        out[i] = frame[None] if grey else frame.transpose(2, 0, 1)
+            chunk = _grey_mean(chunk)
+        if chunk.shape[1:3] == (size, size):  # already square at size: no per-frame work
+            target = out[start : start + len(chunk)]
+            target[:] = chunk[:, None] if grey else chunk.transpose(0, 3, 1, 2)
+            continue
+        for i, frame in enumerate(chunk, start):
+            frame = _square(frame, params.fit)
+            if frame.shape[:2] != (size, size):
+                frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+            out[i] = frame[None] if grey else frame.transpose(2, 0, 1)
     return out, grey
+
+
+def _grey_mean(frames: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> ``(N, H, W)``: the rounded mean of R, G and B."""
+    total = frames[..., 0].astype(np.uint16)
+    total += frames[..., 1]
+    total += frames[..., 2]
+    total += 1
+    total //= 3
+    return total.astype(np.uint8)
 
 
 def _source_identity(path: str | os.PathLike) -> dict[str, Any]:

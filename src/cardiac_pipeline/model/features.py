@@ -36,7 +36,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,12 +70,38 @@ def check_adaptation(mode: Any) -> str:
     return str(mode)
 
 
-def feature_store_key(model: CardiacCLIP, clip_store: ClipStore, spec: ClipSpec, arch: str) -> dict:
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def feature_precision(amp: str, device: torch.device) -> str:
+    """``"bf16"`` or ``"fp32"``: the frozen trunk's precision for the frame-feature build.
+
+    ``amp`` is the cached stage's ``training.amp``: ``off`` fp32, ``bf16`` bf16, ``auto`` bf16
+    where bf16 inference is fast (CUDA; CPUs with AMX tiles, where the trunk encodes a frame
+    ~1.9x faster on 2 cores, its pooled features within ~0.2 % of fp32's) and fp32 elsewhere.
+    Training itself keeps its own rule (on CPU, bf16 steps were not faster).
+    """
+    if amp == "off":
+        return "fp32"
+    if amp == "bf16" or device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+
+
+def feature_store_key(
+    model: CardiacCLIP, clip_store: ClipStore, spec: ClipSpec, arch: str, precision: str = "fp32"
+) -> dict:
     """Everything the stored features depend on (its hash names the store's folder)."""
     zoom = model.image_encoder
     return {
         "format": FEATURE_FORMAT,
         "arch": str(arch),
+        "precision": str(precision),
         "trunk": type(zoom.trunk).__name__,
         "weights": weights_digest(zoom.trunk),
         "scales": list(zoom.scales),
@@ -161,34 +187,19 @@ def _is_current(features: FeatureStore, name: str, checksum: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None, device: torch.device) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads (None, or a CUDA device: unchanged).
-
-    On the project's 2 shared CPU cores (load average ~18) one thread was much faster than
-    two: the trunk 30 against 140 ms per frame in batches of 16 frames, the cached head's
-    training step 18 against 321 ms. Two threads spin against each other and everyone else.
-    """
-    if threads is None or device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @torch.inference_mode()
-def _encode(model: CardiacCLIP, frames: np.ndarray, batch_frames: int) -> np.ndarray:
+def _encode(
+    model: CardiacCLIP, frames: np.ndarray, batch_frames: int, precision: str = "fp32"
+) -> np.ndarray:
     """``(N, C, H, W)`` uint8 frames -> ``(N, S, C)`` float16 pooled features."""
     out = []
     scales, channels = len(model.image_encoder.scales), model.image_encoder.num_features
     device = model.bin_values.device
+    bf16 = precision == "bf16"
     for start in range(0, frames.shape[0], batch_frames):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + batch_frames]))
-        pooled = model.pooled_features(chunk.unsqueeze(0).to(device))[0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pooled = model.pooled_features(chunk.unsqueeze(0).to(device))[0]
         out.append(pooled.reshape(-1, scales, channels).to(torch.float16).cpu().numpy())
     return np.concatenate(out)
 
@@ -201,23 +212,22 @@ def build_feature_store(
     spec: ClipSpec,
     *,
     key: Mapping[str, Any],
-    batch_frames: int = 32,
+    batch_frames: int = 16,
     progress: bool = True,
     device: str | torch.device = "auto",
-    threads: int | None = 1,
 ) -> pd.DataFrame:
     """Encode the grid frames of every video in ``names`` not yet stored; the manifest.
 
     Videos already stored for the same clip store entry are skipped, so the store grows
     with the splits that need it and an interrupted build resumes. Logs how long it took.
-    ``threads``: torch CPU threads for the build (see ``torch_threads``; None: torch's).
+    The trunk runs at ``key["precision"]`` (``feature_precision``; fp32 when absent), on
+    torch's CPU threads (``pipelines.workers.share_cores`` divides them between workers).
     """
     from cardiac_pipeline.model.train import resolve_device
 
     dev = resolve_device(device)
     model.to(dev)
-    with torch_threads(threads, dev):
-        return _build(model, clip_store, Path(root), names, spec, key, batch_frames, progress)
+    return _build(model, clip_store, Path(root), names, spec, key, batch_frames, progress)
 
 
 def _build(
@@ -239,12 +249,13 @@ def _build(
     names = list(dict.fromkeys(str(n) for n in names))
     if not names:
         raise ValueError("build_feature_store: no videos to encode")
+    precision = str(key.get("precision", "fp32"))
     key_bytes = json.dumps(dict(key), sort_keys=True, indent=1).encode()
     atomic_write(root / "key.json", lambda f: f.write(key_bytes), fsync=False)
     if not (root / "pad.npy").is_file():
         first = clip_store.entry(names[0])
         size = (int(first["channels"]), int(first["height"]), int(first["width"]))
-        pad = _encode(model, np.zeros((1, *size), dtype=np.uint8), 1)[0]
+        pad = _encode(model, np.zeros((1, *size), dtype=np.uint8), 1, precision)[0]
         atomic_write(root / "pad.npy", lambda f: np.save(f, pad, allow_pickle=False), fsync=False)
     todo = [n for n in names if not _is_current(features, n, clip_store.entry(n)["checksum"])]
     started, n_frames = time.perf_counter(), 0
@@ -253,7 +264,7 @@ def _build(
         video = clip_store.load(name, mmap=True)
         step = effective_period(spec, source.get("fps"))
         grid = np.asarray(video[::step])
-        array = _encode(model, grid, batch_frames)
+        array = _encode(model, grid, batch_frames, precision)
         n_frames += len(grid)
         for stale in (features.entry_path(name), features.npy_path(name)):
             with contextlib.suppress(FileNotFoundError):
@@ -276,13 +287,14 @@ def _build(
     if todo:
         logger.info(
             "frame features: %d videos (%d grid frames, every %s-th) encoded in %.1f s "
-            "(%.1f ms per frame at scales %s); %d reused",
+            "(%.1f ms per frame at scales %s, %s); %d reused",
             len(todo),
             n_frames,
             "/".join(sorted({str(features.entry(n)["step"]) for n in todo})),
             seconds,
             1000 * seconds / max(1, n_frames),
             list(model.image_encoder.scales),
+            precision,
             len(names) - len(todo),
         )
     else:
@@ -308,6 +320,9 @@ class FeatureClipDataset(Dataset):
     ``n_eval_clips`` evenly spaced starts, each moved back to the grid): a pooled feature
     map is a ``S*C x 1 x 1`` map. ``scales`` picks the model's scales out of the store's.
     ``start`` holds the clip start frames (video frame numbers), as ``EchoClipDataset``.
+    Each video's features (its scales, float32) are read once and kept: a dataset holds one
+    model's videos, not the store, and reopening the memory map per item cost a third of a
+    cached training run.
     """
 
     def __init__(
@@ -345,6 +360,7 @@ class FeatureClipDataset(Dataset):
         self.n_eval_clips = n_eval_clips
         self.seed = seed
         self.epoch = 0
+        self._grids: dict[str, np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -364,23 +380,32 @@ class FeatureClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.file_names)
 
+    def _grid(self, name: str) -> np.ndarray:
+        """``(G, len(scales), C)`` float32 features of ``name`` at the model's scales."""
+        grid = self._grids.get(name)
+        if grid is None:
+            grid = np.asarray(self.features.load(name)[:, self.scale_index], dtype=np.float32)
+            self._grids[name] = grid
+        return grid
+
     def _clip(self, grid: np.ndarray, start: int) -> np.ndarray:
         t = self.spec.frames
         index = start + np.arange(t)
         inside = index < grid.shape[0]
         if inside.all():
-            clip = np.asarray(grid[index])
+            clip = grid[index]
         elif self.spec.pad_mode == "edge":
-            clip = np.asarray(grid[np.minimum(index, grid.shape[0] - 1)])
+            clip = grid[np.minimum(index, grid.shape[0] - 1)]
         else:
-            clip = np.broadcast_to(self.features.pad(), (t, *grid.shape[1:])).copy()
+            pad = self.features.pad()[self.scale_index].astype(np.float32)
+            clip = np.broadcast_to(pad, (t, *grid.shape[1:])).copy()
             clip[inside] = grid[index[inside]]
-        return clip[:, self.scale_index].reshape(t, -1, 1, 1)
+        return clip.reshape(t, -1, 1, 1)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         name = self.file_names[i]
         entry = self.features.entry(name)
-        grid = self.features.load(name)
+        grid = self._grid(name)
         step, last = int(entry["step"]), max(0, grid.shape[0] - self.spec.frames)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -390,7 +415,7 @@ class FeatureClipDataset(Dataset):
             starts = np.minimum(
                 eval_clip_starts(int(entry["frames"]), spec, self.n_eval_clips) // step, last
             )
-        clips = np.stack([self._clip(grid, int(s)) for s in starts]).astype(np.float32)
+        clips = np.stack([self._clip(grid, int(s)) for s in starts])
         return {
             "clip": torch.from_numpy(clips[0] if self.train else clips),
             "ef": torch.tensor(self.ejection_fraction[i], dtype=torch.float32),

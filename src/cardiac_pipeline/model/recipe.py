@@ -50,6 +50,9 @@ MODEL_KWARGS = (
 CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
 # Parameters that change where a run goes, not what it computes: left out of the run key.
 logger = logging.getLogger(__name__)
+
+CACHED_EVAL_BATCH = 64
+"""VAL videos per forward pass in the cached stage (speed only)."""
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
 # training keys that choose how to adapt, beside TrainConfig's (conf/base/parameters_fewshot.yml)
 ADAPTATION_KEYS = frozenset({"adaptation", "cached", "prior_correction"})
@@ -490,7 +493,6 @@ def _fit_cached(
         CachedCardiacCLIP,
         FeatureClipDataset,
         cached_param_groups,
-        torch_threads,
     )
 
     if features is None:
@@ -521,19 +523,21 @@ def _fit_cached(
         if len(val_rows)
         else None
     )
-    config = train_config({**training, "seed": seed, "eval_batch_size": eval_batch_size})
-    with torch_threads(1, resolve_device(config.device)):
-        return fit(
-            CachedCardiacCLIP(model),
-            train_set,
-            val_set,
-            config,
-            work_dir,
-            param_groups_fn=cached_param_groups,
-            on_epoch_end=on_epoch_end,
-            progress=progress,
-            prediction_cache=prediction_cache,
-        )
+    # VAL videos per forward: features are small, and one video per pass (what EchoZoom's
+    # trunk runs best at on CPU) made validation most of a cached epoch
+    batch = max(int(eval_batch_size), CACHED_EVAL_BATCH)
+    config = train_config({**training, "seed": seed, "eval_batch_size": batch})
+    return fit(
+        CachedCardiacCLIP(model),
+        train_set,
+        val_set,
+        config,
+        work_dir,
+        param_groups_fn=cached_param_groups,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+        prediction_cache=prediction_cache,
+    )
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:

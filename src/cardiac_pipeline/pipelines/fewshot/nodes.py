@@ -142,13 +142,15 @@ def build_frame_features(
     from cardiac_pipeline.model.features import (
         FeatureStore,
         build_feature_store,
+        feature_precision,
         feature_store_key,
         key_digest,
     )
+    from cardiac_pipeline.model.train import resolve_device
 
     share_cores()
     pretrained_backbone, splits = (inputs[0], inputs[1:]) if with_checkpoint else (None, inputs)
-    mode, _, _ = recipe.adaptation_settings(training)
+    mode, cached_stage, _ = recipe.adaptation_settings(training)
     if mode == "full":
         return {}
     backbone = recipe.with_pretrained(
@@ -159,9 +161,11 @@ def build_frame_features(
     model = recipe.build_cardiac_clip({"backbone": backbone, "cardiac_clip": cardiac_clip}, seed=0)
     spec = recipe.clip_spec(clips)
     names = sorted({str(n) for split in splits for n in split["FileName"]})
-    key = feature_store_key(model, clip_store, spec, backbone["name"])
+    device = resolve_device(cached_stage.get("device", "auto"))
+    precision = feature_precision(str(cached_stage.get("amp", "auto")), device)
+    key = feature_store_key(model, clip_store, spec, backbone["name"], precision)
     root = Path(frame_features_folder) / key_digest(key)
-    build_feature_store(model, clip_store, root, names, spec, key=key)
+    build_feature_store(model, clip_store, root, names, spec, key=key, device=device)
     return FeatureStore(root)
 
 
