@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cardiac_pipeline.config import BenchmarkConfig, BenchmarkVariantConfig, keys_of
+from cardiac_pipeline.config import BenchmarkConfig, BenchmarkVariantConfig, build_section, keys_of
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import EVALUATED_ROLES, k_shot_split
@@ -89,14 +89,15 @@ def make_benchmark_split(
 ) -> pd.DataFrame:
     """The k-shot split of one (k, seed), shared by every method."""
     _check_built(benchmark, splits, methods)
-    _, grid = _variant(benchmark)
+    name, grid = _variant(benchmark)
+    variant = build_section(BenchmarkVariantConfig, grid, f"benchmark.variants.{name}")
     return k_shot_split(
         video_index,
         k=int(k),
         seed=int(seed),
-        val_size=grid.get("val_size"),
+        val_size=variant.val_size,
         val_seed=0,
-        calibration_size=grid.get("calibration_size", 0),
+        calibration_size=variant.calibration_size,
     )
 
 
