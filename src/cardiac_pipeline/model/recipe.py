@@ -48,11 +48,11 @@ MODEL_KWARGS = (
     "learn_prompts",
 )
 CLIP_SPEC_KWARGS = ("frames", "period", "target_fps", "pad_mode")
-# Parameters that change where a run goes, not what it computes: left out of the run key.
 logger = logging.getLogger(__name__)
 
 CACHED_EVAL_BATCH = 64
 """VAL videos per forward pass in the cached stage (speed only)."""
+# Parameters that change where a run goes, not what it computes: left out of the run key.
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
 # training keys that choose how to adapt, beside TrainConfig's (conf/base/parameters_fewshot.yml)
 ADAPTATION_KEYS = frozenset({"adaptation", "cached", "prior_correction"})
