@@ -86,11 +86,11 @@ def feature_precision(amp: str, device: torch.device) -> str:
     ~1.9x faster on 2 cores, its pooled features within ~0.2 % of fp32's) and fp32 elsewhere.
     Training itself keeps its own rule (on CPU, bf16 steps were not faster).
     """
-    if amp == "off":
-        return "fp32"
-    if amp == "bf16" or device.type == "cuda":
+    from cardiac_pipeline.model.train import amp_dtype
+
+    if amp_dtype(amp, device) is not None:  # training's rule: bf16 asked, or auto on CUDA
         return "bf16"
-    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+    return "bf16" if amp == "auto" and device.type == "cpu" and _cpu_has_amx() else "fp32"
 
 
 def feature_store_key(

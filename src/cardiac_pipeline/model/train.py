@@ -224,7 +224,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``TrainConfig.amp`` on ``device`` (None: float32)."""
     if amp == "off":
         return None
     if amp == "bf16":
@@ -526,7 +527,7 @@ def predict_videos(
         model,
         loader,
         dev,
-        _amp_dtype(amp, dev),
+        amp_dtype(amp, dev),
         clip_chunk,
         collect_attention=True,
         progress=progress,
@@ -1039,7 +1040,7 @@ def fit(
         model=model,
         config=config,
         device=device,
-        amp_dtype=_amp_dtype(config.amp, device),
+        amp_dtype=amp_dtype(config.amp, device),
         loss_fn=loss_fn or _default_loss_fn(),
         optimizer=optimizer,
         scheduler=_build_scheduler(
