@@ -258,6 +258,7 @@ _CACHED_STAGE_DEFAULTS: dict[str, Any] = {
     "lrs": {"mfl": 1.0e-3, "head": 1.0e-3},
     "warmup_steps": 20,
     "checkpoint_every": 20,
+    "select_epoch": "last",
 }
 _TRAINING_ONLY_IN_CODE = frozenset({"eval_batch_size"})  # conf: evaluation.batch_size
 

@@ -310,6 +310,35 @@ def test_best_checkpoint_is_min_val_mae_epoch(tmp_path: Path) -> None:
     assert mae == pytest.approx(result.best_val_mae, rel=1e-6)
 
 
+def test_select_epoch_last_keeps_the_schedule_end_not_the_val_minimum(tmp_path: Path) -> None:
+    config = {"epochs": 5, "seed": 1, "lrs": {k: 0.1 for k in LRS}}  # best epoch < 5 (above)
+    _, best = run_fit(tmp_path / "best", make_config(**config))
+    model, last = run_fit(tmp_path / "last", make_config(**config, select_epoch="last"))
+    assert best.best_epoch < 5 and last.best_epoch == 5
+    assert last.best_val_mae == last.history["val_mae"].iloc[-1] >= best.best_val_mae
+    assert all(
+        torch.equal(model.state_dict()[k], v) for k, v in weights(last.last_checkpoint).items()
+    )
+    # training is the same: only which epoch is kept differs
+    pd.testing.assert_series_equal(best.history["val_mae"], last.history["val_mae"])
+
+    # the start still competes with the end, and wins when adaptation only hurts
+    def harmful_loss(output, ef_target, **_weights):
+        l1 = (output.ef.float() - ef_target).abs().mean()
+        return -l1, {"l1": float(l1.detach())}
+
+    _, kept = run_fit(
+        tmp_path / "kept",
+        make_config(select_start=True, select_epoch="last"),
+        loss_fn=harmful_loss,
+    )
+    assert kept.best_epoch == 0
+    with pytest.raises(ValueError, match="select_epoch"):
+        make_config(select_epoch="first")
+    with pytest.raises(ValueError, match="patience"):
+        make_config(select_epoch="last", patience=2)
+
+
 def test_select_start_keeps_the_start_when_adaptation_only_hurts(tmp_path: Path) -> None:
     def harmful_loss(output, ef_target, **_weights):  # every step moves away from the labels
         l1 = (output.ef.float() - ef_target).abs().mean()

@@ -73,6 +73,7 @@ _RESUMABLE_FIELDS = frozenset(
 )
 _OPTIMIZERS = ("radam", "adamw", "adam")
 _AMP_MODES = ("auto", "bf16", "off")
+_SELECT_EPOCH = ("best", "last")
 
 LossFn = Callable[..., tuple[torch.Tensor, Mapping[str, float]]]
 ParamGroupsFn = Callable[[nn.Module, Mapping[str, float]], list[dict[str, Any]]]
@@ -100,6 +101,10 @@ class TrainConfig:
     ``select_start``: also score the starting weights on validation (as epoch 0), so a run
     whose every epoch is worse than where it started keeps the start (a pretrained model
     that adaptation on a few videos only makes worse); training itself is unchanged.
+    ``select_epoch``: ``"best"`` keeps the epoch with the lowest validation MAE; ``"last"``
+    keeps the schedule's end (against the start under ``select_start``). Picking the
+    minimum of many noisy epochs on a small validation set keeps the epoch that fits
+    those videos best, not the best model (docs/results/epoch_selection.md).
     """
 
     epochs: int = 100
@@ -127,6 +132,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     max_batches_per_epoch: int | None = None
     select_start: bool = False
+    select_epoch: str = "best"
 
     def __post_init__(self) -> None:
         positive = {
@@ -164,6 +170,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig.patience must be >= 1 or None, got {self.patience}")
+        if self.select_epoch not in _SELECT_EPOCH:
+            raise ValueError(
+                f"TrainConfig.select_epoch must be one of {_SELECT_EPOCH}, "
+                f"got {self.select_epoch!r}"
+            )
+        if self.patience is not None and self.select_epoch != "best":
+            raise ValueError(
+                "TrainConfig.patience stops when the best epoch is that many epochs back, "
+                "so it needs select_epoch 'best'; set patience to null or select_epoch to best"
+            )
         if self.eval_clip_chunk is not None and self.eval_clip_chunk < 1:
             raise ValueError(
                 f"TrainConfig.eval_clip_chunk must be >= 1 or None, got {self.eval_clip_chunk}"
@@ -964,8 +980,10 @@ def _end_epoch(loop: _Loop, epoch: int, row: dict[str, float]) -> None:
     """Keep the best weights, decide on early stopping, write ``last.pt`` when due."""
     loop.rows.append(row)
     val_mae = row["val_mae"]
+    candidate = loop.config.select_epoch == "best" or epoch == loop.config.epochs
     # Strictly better MAE wins; without labelled validation the latest epoch is "best".
-    if math.isnan(val_mae) or math.isnan(loop.best_val_mae) or val_mae < loop.best_val_mae:
+    better = math.isnan(val_mae) or math.isnan(loop.best_val_mae) or val_mae < loop.best_val_mae
+    if candidate and better:
         loop.best_epoch, loop.best_val_mae = epoch, val_mae
         if distributed.is_main():
             _save_best(loop.model, epoch, val_mae, loop.config, loop.best_path)
