@@ -86,7 +86,7 @@ def run(shots: list[int], seeds: list[int], work_dir: Path) -> pd.DataFrame:
                         features=features,
                     )
                     row = {"rule": rule, "k": k, "seed": seed}
-                    row.update({name: _mae(predictions, role) for role, name in SETS.items()})
+                    row.update({n: round(_mae(predictions, r), 3) for r, n in SETS.items()})
                     rows.append(row)
                     print(", ".join(f"{key} {value}" for key, value in row.items()), flush=True)
     return pd.DataFrame(rows)
