@@ -13,6 +13,7 @@ Needs the data, the pretrained backbone and the frame features on disk: run
 
     python benchmarks/epoch_selection.py                       # k 1, 8, 16; seeds 0-2; ~5 min
     python benchmarks/epoch_selection.py --shots 1,16 --seeds 0 --csv out.csv
+    python benchmarks/epoch_selection.py --rules last --max-batches none   # no batch cap
 
 Runs go under ``data/06_models/epoch_selection`` (resumable); the synthetic data is a
 phantom, so its figures say how the rule behaves there, not on EchoNet.
@@ -41,17 +42,26 @@ def _mae(predictions: pd.DataFrame, role: str) -> float:
     return float((rows["EF_pred"] - rows["EF_true"]).abs().mean())
 
 
-def _recipe(params: dict, rule: str) -> dict:
+def _recipe(params: dict, rule: str, max_batches: int | None | str) -> dict:
     recipe = _base_recipe(
         params["benchmark"],
         **{s: params[s] for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")},
     )
     recipe = copy.deepcopy(recipe)
-    recipe["training"]["cached"] = {**recipe["training"].get("cached", {}), "select_epoch": rule}
+    cached = {**recipe["training"].get("cached", {}), "select_epoch": rule}
+    if max_batches != "conf":
+        cached["max_batches_per_epoch"] = max_batches
+    recipe["training"]["cached"] = cached
     return recipe
 
 
-def run(shots: list[int], seeds: list[int], work_dir: Path) -> pd.DataFrame:
+def run(
+    shots: list[int],
+    seeds: list[int],
+    work_dir: Path,
+    rules: list[str],
+    max_batches: int | None | str = "conf",
+) -> pd.DataFrame:
     """One row per (rule, k, seed): the kept model's MAE on VAL, CAL and TEST."""
     bootstrap_project(Path.cwd())
     rows = []
@@ -62,8 +72,8 @@ def run(shots: list[int], seeds: list[int], work_dir: Path) -> pd.DataFrame:
         features, backbone = catalog.load("frame_features"), catalog.load("pretrained_backbone")
         variant = params["benchmark"]["variants"]["full"]
         method = params["benchmark"]["methods"]["cardiac_clip"]
-        for rule in RULES:
-            recipe = _recipe(params, rule)
+        for rule in rules:
+            recipe = _recipe(params, rule, max_batches)
             for k in shots:
                 for seed in seeds:
                     split = k_shot_split(
@@ -107,13 +117,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", default="1,8,16", help="comma-separated k (default 1,8,16)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--rules", default="best,last", help="select_epoch values to compare")
+    parser.add_argument(
+        "--max-batches",
+        default="conf",
+        help="the cached stage's max_batches_per_epoch: a number, none, or conf (default)",
+    )
     parser.add_argument("--work-dir", default="data/06_models/epoch_selection", type=Path)
     parser.add_argument("--csv", type=Path, help="also write the per-run table here")
     args = parser.parse_args()
+    rules = args.rules.split(",")
+    unknown = sorted(set(rules) - set(RULES))
+    if unknown:
+        parser.error(f"--rules {unknown}: not among {RULES}")
+    cap = args.max_batches
+    max_batches = None if cap == "none" else cap if cap == "conf" else int(cap)
     table = run(
         [int(k) for k in args.shots.split(",")],
         [int(s) for s in args.seeds.split(",")],
         args.work_dir,
+        rules,
+        max_batches,
     )
     if args.csv:
         table.round(4).to_csv(args.csv, index=False)
