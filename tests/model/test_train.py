@@ -163,6 +163,12 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+def harmful_loss(output, ef_target, **_weights):
+    """Every step moves away from the labels."""
+    l1 = (output.ef.float() - ef_target).abs().mean()
+    return -l1, {"l1": float(l1.detach())}
+
+
 def test_loss_decreases_and_history_is_complete(tmp_path: Path) -> None:
     logged: list[tuple[int, dict]] = []
     _, result = run_fit(
@@ -323,10 +329,6 @@ def test_select_epoch_last_keeps_the_schedule_end_not_the_val_minimum(tmp_path: 
     pd.testing.assert_series_equal(best.history["val_mae"], last.history["val_mae"])
 
     # the start still competes with the end, and wins when adaptation only hurts
-    def harmful_loss(output, ef_target, **_weights):
-        l1 = (output.ef.float() - ef_target).abs().mean()
-        return -l1, {"l1": float(l1.detach())}
-
     _, kept = run_fit(
         tmp_path / "kept",
         make_config(select_start=True, select_epoch="last"),
@@ -340,10 +342,6 @@ def test_select_epoch_last_keeps_the_schedule_end_not_the_val_minimum(tmp_path: 
 
 
 def test_select_start_keeps_the_start_when_adaptation_only_hurts(tmp_path: Path) -> None:
-    def harmful_loss(output, ef_target, **_weights):  # every step moves away from the labels
-        l1 = (output.ef.float() - ef_target).abs().mean()
-        return -l1, {"l1": float(l1.detach())}
-
     torch.manual_seed(0)
     start = {k: v.clone() for k, v in FakeClipModel().state_dict().items()}
     _, plain = run_fit(tmp_path / "plain", make_config(), loss_fn=harmful_loss)

@@ -1034,8 +1034,9 @@ def fit(
 
     Called again on the same ``checkpoint_dir`` it resumes after the last saved epoch
     (bit-identical to an uninterrupted run on the same hardware); a finished run returns
-    its stored result at once. On return ``model`` holds the best-validation weights
-    (the latest epoch's when there is no labelled validation set) and is in eval mode.
+    its stored result at once. On return ``model`` holds the kept weights
+    (``config.select_epoch``; the latest epoch's when there is no labelled validation set)
+    and is in eval mode.
     ``on_epoch_end(epoch, metrics)`` is called after the epoch's checkpoint is written;
     epochs count from 1 and ``dataset.set_epoch`` receives that number.
     ``loss_fn`` / ``param_groups_fn`` default to the CardiacCLIP ones.
