@@ -1,6 +1,6 @@
 """Which epoch the cached stage keeps: the lowest VAL MAE ("best") or the schedule's end ("last").
 
-Trains CardiacCLIP (cached adaptation, the benchmark's full-variant recipe) on the benchmark's
+Trains CardiacCLIP (cached adaptation, the recipe of the benchmark's variant) on the benchmark's
 k-shot splits once per rule and prints, per (k, seed) and as means over seeds, each kept
 model's MAE on three sets of videos:
 
@@ -29,9 +29,13 @@ import pandas as pd
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from cardiac_pipeline.echo.kshot import k_shot_split
 from cardiac_pipeline.model.benchmark import run_method
-from cardiac_pipeline.pipelines.benchmark.nodes import _base_recipe
+from cardiac_pipeline.pipelines.benchmark.nodes import (
+    base_recipe,
+    make_benchmark_split,
+    split_names,
+    variant_methods,
+)
 
 RULES = ("best", "last")
 SETS = {"val": "VAL", "calibration": "CAL", "test": "TEST"}
@@ -43,7 +47,7 @@ def _mae(predictions: pd.DataFrame, role: str) -> float:
 
 
 def _recipe(params: dict, rule: str, max_batches: int | None | str) -> dict:
-    recipe = _base_recipe(
+    recipe = base_recipe(
         params["benchmark"],
         **{s: params[s] for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")},
     )
@@ -70,20 +74,14 @@ def run(
         catalog, params = context.catalog, context.params
         index, store = catalog.load("video_index"), catalog.load("clip_store")
         features, backbone = catalog.load("frame_features"), catalog.load("pretrained_backbone")
-        variant = params["benchmark"]["variants"]["full"]
-        method = params["benchmark"]["methods"]["cardiac_clip"]
+        benchmark = params["benchmark"]
+        grid = {"splits": split_names(benchmark), "methods": variant_methods(benchmark)}
+        method = benchmark["methods"]["cardiac_clip"]
         for rule in rules:
             recipe = _recipe(params, rule, max_batches)
             for k in shots:
                 for seed in seeds:
-                    split = k_shot_split(
-                        index,
-                        k=k,
-                        seed=seed,
-                        val_size=variant["val_size"],
-                        val_seed=0,
-                        calibration_size=variant["calibration_size"],
-                    )
+                    split = make_benchmark_split(index, benchmark, k=k, seed=seed, **grid)
                     predictions = run_method(
                         "cardiac_clip",
                         method,

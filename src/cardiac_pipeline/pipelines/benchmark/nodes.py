@@ -101,7 +101,7 @@ def make_benchmark_split(
     )
 
 
-def _base_recipe(benchmark: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+def base_recipe(benchmark: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
     """The fewshot recipe (``sections``: backbone, cardiac_clip, clips, training,
     evaluation), with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a grid
     of many runs) and the variant's own ``recipe`` over that (the quick variant's shorter
@@ -160,7 +160,7 @@ def run_benchmark_method(
     run tagged method, k, seed under the pipeline's run. ``frame_features``: the store
     shared by the methods adapted on cached features."""
     share_cores()
-    base = _base_recipe(
+    base = base_recipe(
         benchmark,
         backbone=backbone,
         cardiac_clip=cardiac_clip,
@@ -215,7 +215,7 @@ def predict_zero_shot(
     """A zero-shot method's VAL and TEST predictions: one model, no labels, so one node for
     every split (VAL too, for its conformal interval)."""
     share_cores()
-    base = _base_recipe(
+    base = base_recipe(
         benchmark,
         backbone=backbone,
         cardiac_clip=cardiac_clip,
