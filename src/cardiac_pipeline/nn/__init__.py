@@ -1,0 +1,1 @@
+"""Torch modules: encoders behind one seam (``nn.encoders``)."""
