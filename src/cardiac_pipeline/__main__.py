@@ -2,15 +2,20 @@
 
 ``python -m cardiac_pipeline train --k 1 --seed 0`` trains the fewshot CardiacCLIP of one
 (k, seed) with the project's parameters (``conf/``; ``--env``, ``--params`` as for
-``kedro run``) and writes its checkpoint (``--out``, default
-``data/06_models/train/k<k>_seed<seed>.pt``; ``kedro run --pipeline predict`` reads it).
-Launched by torchrun it trains across the GPUs of the machine:
+``kedro run``), calibrates its prediction interval and writes its checkpoint, the kind the
+fewshot pipeline writes (``--out``, default ``data/06_models/train/k<k>_seed<seed>.pt``;
+``kedro run --pipeline predict`` reads it). Launched by torchrun it trains across the GPUs
+of the machine:
 
     torchrun --nproc_per_node=4 -m cardiac_pipeline train --k 1 --seed 0
 
-``training.batch_size`` stays the global batch (split over the processes), so the result is
-that of one process. It needs the clip store (``kedro run --pipeline preprocessing``) and,
-with ``backbone.pretrained: pretrain``, the pretrained backbone (``--pipeline pretrain``).
+Every adaptation mode runs: the cached modes first build (or reuse) the frame-feature
+store the fewshot pipeline builds, on rank 0. ``training.batch_size`` (and
+``training.cached.batch_size``) stay the global batch, split over the processes, so the
+result is that of one process. It needs the clip store (a fewshot run, or the ingestion and
+preprocessing pipelines) and, with ``backbone.pretrained: pretrain``, the pretrained
+backbone (``--pipeline pretrain``). A user error ends every process with exit status 2
+and one line ``Error: ...`` from rank 0.
 """
 
 from __future__ import annotations
@@ -21,12 +26,20 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+from cardiac_pipeline.errors import USER_ERROR_EXIT_CODE, UserError, one_line
+
 logger = logging.getLogger("cardiac_pipeline.train")
+
+# what a train command reads, and what makes it (run the fewshot pipeline once)
+_PREREQUISITES = {
+    "video_index": "`kedro run` (or `kedro run --pipeline ingestion`)",
+    "clip_store": "`kedro run` (or `kedro run --pipeline preprocessing`)",
+}
 
 
 def main(*args: Any, **kwargs: Any) -> Any:
@@ -37,8 +50,15 @@ def main(*args: Any, **kwargs: Any) -> Any:
     return run(*args, **kwargs)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are user errors (printed once, by rank 0)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
 def _parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="python -m cardiac_pipeline train",
         description="Train the fewshot CardiacCLIP of one (k, seed); under torchrun, with DDP.",
     )
@@ -60,7 +80,7 @@ def _runtime_params(text: str) -> dict[str, Any]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--params {item!r}: expected key=value (e.g. training.epochs=5)")
+            raise UserError(f"--params {item!r}: expected key=value (e.g. training.epochs=5)")
         *parents, leaf = key.strip().split(".")
         node = params
         for name in parents:
@@ -107,12 +127,41 @@ def _pretrained_checkpoint(catalog: Any) -> str | None:
         return None
 
 
+def _load_prerequisite(catalog: Any, name: str) -> Any:
+    """A dataset an earlier pipeline writes; a ``UserError`` saying which run makes it."""
+    from kedro.io import DatasetError
+
+    try:
+        return catalog.load(name)
+    except DatasetError:
+        raise UserError(
+            f"dataset {name!r} is missing (conf/base/catalog.yml); run {_PREREQUISITES[name]} "
+            "in this project first"
+        ) from None
+
+
 def train(argv: Sequence[str]) -> Path | None:
-    """``python -m cardiac_pipeline train``; the checkpoint written (rank 0), else None."""
+    """``python -m cardiac_pipeline train``; the checkpoint written (rank 0), else None.
+
+    A user error exits with status 2 on every process, printed by rank 0 alone: torchrun's
+    other processes would each print the same traceback.
+    """
+    from cardiac_pipeline.model import distributed
+
+    try:
+        return _train(argv)
+    except UserError as error:
+        if distributed.launch_rank() == 0:
+            print(f"Error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def _train(argv: Sequence[str]) -> Path | None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     from cardiac_pipeline.model import distributed
+    from cardiac_pipeline.validation import check_run
 
     args = _parse_train_args(argv)
     project = Path.cwd()
@@ -120,63 +169,100 @@ def train(argv: Sequence[str]) -> Path | None:
     runtime = _runtime_params(args.params)
     with KedroSession.create(project_path=project, env=args.env, runtime_params=runtime) as session:
         context = session.load_context()
-    distributed.init_from_env(str(context.params.get("training", {}).get("device", "auto")))
+    check_run(context.params, reads={"params:fewshot"})
+    distributed.init_from_env(str(context.params["training"]["device"]))
     try:
         return _train_one(context, args)
     finally:
         distributed.shutdown()
 
 
-def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
-    import torch
-
+def _split(catalog: Any, fewshot: dict[str, Any], k: int, seed: int) -> Any:
+    """The k-shot split of (k, seed), as the fewshot pipeline samples it."""
     from cardiac_pipeline.config import FewshotConfig, build_section
-    from cardiac_pipeline.echo.clipstore import atomic_write
     from cardiac_pipeline.echo.kshot import k_shot_split
+
+    grid = build_section(FewshotConfig, fewshot, "fewshot")
+    return k_shot_split(
+        _load_prerequisite(catalog, "video_index"),
+        k=k,
+        seed=seed,
+        val_size=grid.val_size,
+        val_seed=grid.val_seed,
+        calibration_size=grid.calibration_size,
+    )
+
+
+def _frame_features(catalog: Any, clip_store: Any, arch: dict[str, Any], sections: dict, split):
+    """The frame-feature store of the split's videos (None where the mode trains on clips).
+
+    Rank 0 builds what is missing with the fewshot pipeline's node and records it in the
+    catalog (``frame_features``); the other processes wait, then open the same store.
+    """
+    from cardiac_pipeline.model import distributed
+    from cardiac_pipeline.pipelines.fewshot.nodes import build_frame_features
+
+    built = False
+    if distributed.is_main():
+        store = build_frame_features(
+            clip_store,
+            catalog.load("frame_features_folder"),
+            arch["backbone"],
+            arch["cardiac_clip"],
+            sections["clips"],
+            sections["training"],
+            split,
+            with_checkpoint=False,
+        )
+        built = store != {}
+        if built:
+            catalog.save("frame_features", store)
+    built = distributed.broadcast_object(built)
+    return catalog.load("frame_features") if built else None
+
+
+def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     from cardiac_pipeline.model import distributed, recipe
     from cardiac_pipeline.tracking import log_metrics
 
     params, catalog = context.params, context.catalog
     sections = {name: params[name] for name in recipe.RECIPE_KEYS}
     recipe.check_recipe(sections)
-    fewshot = build_section(FewshotConfig, params.get("fewshot"), "fewshot")
-    split = k_shot_split(
-        catalog.load("video_index"),
-        k=args.k,
-        seed=args.seed,
-        val_size=fewshot.val_size,
-        val_seed=fewshot.val_seed,
-        calibration_size=fewshot.calibration_size,
-    )
+    split = _split(catalog, params["fewshot"], args.k, args.seed)
+    clip_store = _load_prerequisite(catalog, "clip_store")
     backbone = recipe.with_pretrained(sections["backbone"], _pretrained_checkpoint(catalog))
     arch = {"backbone": backbone, "cardiac_clip": sections["cardiac_clip"]}
+    features = _frame_features(catalog, clip_store, arch, sections, split)
     name = f"k{args.k}_seed{args.seed}"
     tags = {
         "k": args.k,
         "seed": args.seed,
-        "method": arch["cardiac_clip"].get("method", "cardiac_clip"),
+        "method": arch["cardiac_clip"]["method"],
         "processes": distributed.world_size(),
     }
     logged = {**arch, "clips": sections["clips"], "training": sections["training"], **tags}
     with _mlflow_run(context, name, tags, logged) as run_id:
         checkpoint, result = recipe.train_on_split(
-            catalog.load("clip_store"),
+            clip_store,
             split,
             arch=arch,
             clips=sections["clips"],
             training={**sections["training"], "seed": args.seed},
-            eval_batch_size=int(sections["evaluation"].get("batch_size", 1)),
+            eval_batch_size=int(sections["evaluation"]["batch_size"]),
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             progress=distributed.is_main(),
+            features=features,
         )
     if not distributed.is_main():
         return None
+    recipe.calibrate_interval(
+        checkpoint, clip_store, split, sections["evaluation"], features=features
+    )
     checkpoint["meta"].update({"mlflow_run_id": run_id, "split": name})
     out = args.out or Path("data/06_models/train") / f"{name}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda handle: torch.save(checkpoint, handle), fsync=False)
+    _save_checkpoint(checkpoint, out)
     logger.info(
-        "%s: best VAL MAE %.2f at epoch %d on %d process(es); checkpoint %s",
+        "%s: VAL MAE %.2f at epoch %d on %d process(es); checkpoint %s",
         name,
         result.best_val_mae,
         result.best_epoch,
@@ -184,6 +270,15 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
         out,
     )
     return out
+
+
+def _save_checkpoint(checkpoint: dict[str, Any], out: Path) -> None:
+    import torch
+
+    from cardiac_pipeline.echo.clipstore import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda handle: torch.save(checkpoint, handle), fsync=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Project pipelines, built from the project's parameters.
 
-fewshot and benchmark hold one namespaced pipeline per model (per (k, seed)), so their
-shape comes from the parameter grid, and which data steps they include (synthetic data,
-pretraining) from ``echonet_root`` and ``backbone``. The parameters are those of the run:
+fewshot and benchmark are each one namespace holding one namespace per model (per
+(k, seed)), so their shape comes from the parameter grid, and which data steps they
+include (synthetic data, pretraining) from ``echonet_root`` and ``backbone``; they take
+the parameters from here (``create_pipeline(parameters)``) and import nothing of it. The parameters are those of the run:
 ``ProjectParametersHook`` hands Kedro's merged parameters (conf/, the ``--config`` run
 file, ``--params``) to the registry before the pipelines are built; without a session
 (``kedro registry``, tools importing the registry) conf/ is read with the project's

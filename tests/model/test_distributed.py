@@ -178,14 +178,3 @@ def test_single_process_helpers_are_no_ops() -> None:
     model = torch.nn.Linear(2, 1)
     assert distributed.wrap(model, torch.device("cpu")) is model
     assert not distributed.init_from_env("cpu")  # no WORLD_SIZE: nothing to join
-
-
-def test_train_command_reads_runtime_params_as_kedro_run_does() -> None:
-    from cardiac_pipeline.__main__ import _parse_train_args, _runtime_params
-
-    args = _parse_train_args(["--k", "2", "--seed", "1", "--params", "training.epochs=5,a.b.c=x"])
-    assert (args.k, args.seed, args.out) == (2, 1, None)
-    assert _runtime_params(args.params) == {"training": {"epochs": 5}, "a": {"b": {"c": "x"}}}
-    assert _runtime_params("backbone.pretrained=null") == {"backbone": {"pretrained": None}}
-    with pytest.raises(ValueError, match="key=value"):
-        _runtime_params("training.epochs")

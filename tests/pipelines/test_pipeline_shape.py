@@ -25,13 +25,15 @@ def test_one_namespace_per_k_and_seed_with_its_own_split_model_and_metrics():
     pipeline = fewshot_pipeline(parameters=BASE)
     names = _names(pipeline)
     for model in ("k1_seed0", "k1_seed1", "k2_seed0", "k2_seed1"):
-        assert {
-            f"fewshot.{model}.{step}" for step in ("sample_split", "train", "evaluate")
-        } <= names
+        assert {f"fewshot.{model}.{step}" for step in ("train", "evaluate")} <= names
+        assert f"fewshot.splits.{model}" in names  # before the shared frame features
         assert f"fewshot.{model}.model" in pipeline.all_outputs()
-    assert {"combine_metrics", "summarise_over_seeds"} <= names
+        assert f"fewshot.{model}.k_shot_split" in pipeline.all_outputs()
+    assert {"fewshot.combine_metrics", "fewshot.summarise_over_seeds"} <= names
     one = pipeline.only_nodes_with_namespaces(["fewshot.k2_seed1"])
-    assert _names(one) == {f"fewshot.k2_seed1.{s}" for s in ("sample_split", "train", "evaluate")}
+    assert _names(one) == {f"fewshot.k2_seed1.{s}" for s in ("train", "evaluate")}
+    splits = pipeline.only_nodes_with_namespaces(["fewshot.splits"])
+    assert len(splits.nodes) == 4 and splits.inputs() == {"video_index", "params:fewshot"}
 
 
 def test_a_split_file_is_one_model():
@@ -86,8 +88,8 @@ def test_benchmark_one_node_per_method_and_split_and_one_zero_shot_model():
     names = _names(benchmark_pipeline(parameters={**BASE, "benchmark": benchmark}))
     for split in ("k1_seed0", "k4_seed0"):
         assert {
-            f"benchmark.{split}.{m}"
-            for m in ("sample_split", "constants", "zero_shot", "cardiac_clip")
+            f"benchmark.{split}.{m}" for m in ("constants", "zero_shot", "cardiac_clip")
         } <= names
+        assert f"benchmark.splits.{split}" in names
     assert [n for n in names if n.endswith(".predict")] == ["benchmark.zero_shot.predict"]
-    assert {"combine_benchmark_metrics", "summarise_benchmark", "pretrain_backbone"} <= names
+    assert {"benchmark.combine_metrics", "benchmark.summarise", "pretrain_backbone"} <= names

@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from cardiac_pipeline.errors import UserError
+
 # validation runs on rank 0 while the others wait in a collective: allow it time
 DEFAULT_TIMEOUT = timedelta(minutes=60)
 
@@ -49,6 +51,12 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_active() else 1
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (torchrun's ``RANK``; 0 alone), before or
+    without a process group: who reports an error found before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -140,9 +148,10 @@ def per_process_batch(global_batch: int) -> int:
     """This process's share of a global batch; it must divide evenly."""
     world = world_size()
     if global_batch % world:
-        raise ValueError(
-            f"training.batch_size {global_batch} is the global batch and must be divisible by "
-            f"the {world} processes (torchrun --nproc_per_node); use a multiple of {world}"
+        raise UserError(
+            f"global batch {global_batch} (training.batch_size, or training.cached.batch_size "
+            f"in the cached stage) must be divisible by the {world} processes (torchrun "
+            f"--nproc_per_node); use a multiple of {world}"
         )
     return global_batch // world
 

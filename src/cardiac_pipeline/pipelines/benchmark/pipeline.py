@@ -1,25 +1,25 @@
 """``kedro run --pipeline benchmark``: zero-shot, linear probe, CardiacCLIP and its ablations,
 and an EchoNet-style regressor on identical k-shot splits.
 
-One namespaced pipeline per split, ``benchmark.k1_seed0`` and so on: its split, one node
-per method (``benchmark.k1_seed0.cardiac_clip`` trains and tests that model), and the
-constant predictors; a zero-shot method is one node (``benchmark.zero_shot``) scored on
-every split. ``--params=benchmark.variant=quick`` runs the short version.
+Namespace ``benchmark``: every split (``benchmark.splits.k1_seed0`` ...) and the frame
+features of their videos; a zero-shot method is one model for every split
+(``benchmark.zero_shot.predict``); then one namespace per split, ``benchmark.k1_seed0`` and
+so on, with one node per method (``benchmark.k1_seed0.cardiac_clip`` trains and tests that
+model) and the constant predictors; then every row combined and summarised.
+``--params=benchmark.variant=quick`` runs the short version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
 from cardiac_pipeline.model.benchmark import method_kind
 from cardiac_pipeline.pipelines.data import data_pipeline
-from cardiac_pipeline.pipelines.fewshot.pipeline import (
-    _across_namespaces,
-    _bound,
-    frame_features_pipeline,
-)
+from cardiac_pipeline.pipelines.fewshot.nodes import build_frame_features
+from cardiac_pipeline.pipelines.grid import bound, frame_features_node, split_node
 
 from .nodes import (
     combine_benchmark_tables,
@@ -38,69 +38,116 @@ PRETRAINED_KINDS = ("zero_shot", "linear_probe")  # as model.benchmark.run_metho
 RECIPE = [f"params:{s}" for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")]
 
 
-def _split_pipeline(
-    name: str, splits: list[str], methods: list[str], kinds: dict[str, str], pretraining: bool
-) -> Pipeline:
+def sample_split_node(name: str, splits: list[str], methods: list[str]) -> Node:
+    """The k-shot split ``name`` (``k<k>_seed<seed>``) every method of the variant uses."""
     k, seed = name[1:].split("_seed")
+    sample = bound(make_benchmark_split, k=int(k), seed=int(seed), splits=splits, methods=methods)
+    return split_node(NAMESPACE, name, sample, ["video_index", "params:benchmark"], "split")
+
+
+def method_node(method: str, kind: str, backbone: list[str]) -> Node:
+    """One method on one split: a zero-shot model scored, or a model trained and tested."""
+    if kind == "zero_shot":
+        return Node(
+            bound(score_zero_shot, method=method),
+            inputs=["split", _zero_shot_input(method)],
+            outputs=[method, f"{method}_predictions"],
+            name=method,
+        )
+    return Node(
+        bound(run_benchmark_method, method=method),
+        inputs=["clip_store", "split", "params:benchmark", *RECIPE, "frame_features", *backbone],
+        outputs=[method, f"{method}_predictions"],
+        name=method,
+    )
+
+
+def _zero_shot_input(method: str) -> str:
+    """A split's name for zero-shot ``method``'s predictions (``benchmark.<method>.predictions``)."""
+    return f"{method}_model_predictions"
+
+
+def split_pipeline(name: str, kinds: dict[str, str], pretraining: bool) -> Pipeline:
+    """The constants and every method on split ``name``, in namespace ``benchmark.<name>``."""
     backbone = ["pretrained_backbone"] if pretraining else []
-    nodes = [
-        Node(
-            _bound(make_benchmark_split, k=int(k), seed=int(seed), splits=splits, methods=methods),
-            inputs=["video_index", "params:benchmark"],
-            outputs="split",
-            name="sample_split",
-        ),
-        Node(
-            score_constant_predictors,
-            inputs="split",
-            outputs=["constants", "constants_predictions"],
-            name="constants",
-        ),
-    ]
-    for method in methods:
-        if kinds[method] == "zero_shot":
-            nodes.append(
-                _across_namespaces(
-                    lambda method=method: Node(
-                        _bound(score_zero_shot, method=method),
-                        inputs=["split", f"{NAMESPACE}.{method}.predictions"],
-                        outputs=[method, f"{method}_predictions"],
-                        name=method,
-                    )
-                )
-            )
-        else:
-            nodes.append(
-                Node(
-                    _bound(run_benchmark_method, method=method),
-                    inputs=[
-                        "clip_store",
-                        "split",
-                        "params:benchmark",
-                        *RECIPE,
-                        "frame_features",
-                        *backbone,
-                    ],
-                    outputs=[method, f"{method}_predictions"],
-                    name=method,
-                )
-            )
-    pipe = Pipeline(nodes)
-    shared = {"video_index", "clip_store", "pretrained_backbone", "frame_features"}
-    shared |= {f"{NAMESPACE}.{m}.predictions" for m in methods if kinds[m] == "zero_shot"}
+    constants = Node(
+        score_constant_predictors,
+        inputs="split",
+        outputs=["constants", "constants_predictions"],
+        name="constants",
+    )
+    pipe = Pipeline([constants, *(method_node(m, kind, backbone) for m, kind in kinds.items())])
+    shared = {"clip_store", "pretrained_backbone", "frame_features"} & set(pipe.inputs())
+    zero_shot = {
+        _zero_shot_input(m): f"{NAMESPACE}.{m}.predictions"
+        for m, kind in kinds.items()
+        if kind == "zero_shot"
+    }
     return Pipeline(
         pipe,
         namespace=f"{NAMESPACE}.{name}",
-        inputs=shared & set(pipe.inputs()),
+        inputs={**{s: s for s in shared}, **zero_shot},
+        parameters={"params:benchmark", *RECIPE} & set(pipe.inputs()),
+    )
+
+
+def zero_shot_pipeline(method: str, backbone: list[str]) -> Pipeline:
+    """A zero-shot method's TEST and VAL predictions, one model for every split."""
+    return Pipeline(
+        [
+            Node(
+                bound(predict_zero_shot, method=method),
+                inputs=["clip_store", "video_index", "params:benchmark", *RECIPE, *backbone],
+                outputs="predictions",
+                name="predict",
+            )
+        ],
+        namespace=f"{NAMESPACE}.{method}",
+        inputs={"clip_store", "video_index", *backbone},
         parameters={"params:benchmark", *RECIPE},
     )
 
 
-def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipeline:
-    if parameters is None:
-        from cardiac_pipeline.pipeline_registry import project_parameters
+def summary_nodes(splits: list[str], methods: list[str]) -> list[Node]:
+    """Every (split, method) row in one table, and the summary with paired differences."""
+    rows = [f"{NAMESPACE}.{s}.{out}" for s in splits for out in ["constants", *methods]]
+    combined = {
+        "metrics": ("benchmark_metrics", rows),
+        "predictions": ("benchmark_predictions", [f"{row}_predictions" for row in rows]),
+    }
+    nodes = [
+        Node(
+            combine_benchmark_tables,
+            inputs=inputs,
+            outputs=output,
+            name=f"combine_{table}",
+            namespace=NAMESPACE,
+        )
+        for table, (output, inputs) in combined.items()
+    ]
+    summarise = Node(
+        summarise_benchmark,
+        inputs=[
+            "benchmark_metrics",
+            "benchmark_predictions",
+            "params:benchmark",
+            "params:evaluation",
+        ],
+        outputs=[
+            "benchmark_summary",
+            "benchmark_table",
+            "benchmark_mae_vs_k",
+            "benchmark_paired_differences",
+            "benchmark_paired_differences_table",
+        ],
+        name="summarise",
+        namespace=NAMESPACE,
+    )
+    return [*nodes, summarise]
 
-        parameters = project_parameters()
+
+def create_pipeline(parameters: Mapping[str, Any], **kwargs: Any) -> Pipeline:
+    """The pipeline of the benchmark variant in ``parameters`` (the run's, from the registry)."""
     benchmark = parameters["benchmark"]
     splits, methods = split_names(benchmark), variant_methods(benchmark)
     kinds = {m: method_kind(m, benchmark["methods"].get(m) or {}) for m in methods}
@@ -110,71 +157,23 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
         for m in methods
     )
     backbone = ["pretrained_backbone"] if pretraining else []
-    zero_shot = [
-        Pipeline(
-            [
-                Node(
-                    _bound(predict_zero_shot, method=m),
-                    inputs=["clip_store", "video_index", "params:benchmark", *RECIPE, *backbone],
-                    outputs="predictions",
-                    name="predict",
-                )
-            ],
-            namespace=f"{NAMESPACE}.{m}",
-            inputs={"clip_store", "video_index", *backbone},
-            parameters={"params:benchmark", *RECIPE},
-        )
-        for m in methods
-        if kinds[m] == "zero_shot"
-    ]
-    per_split = sum(
-        (_split_pipeline(s, splits, methods, kinds, pretraining) for s in splits), Pipeline([])
-    )
-    rows = [f"{NAMESPACE}.{s}.{out}" for s in splits for out in ["constants", *methods]]
-    summary = Pipeline(
+    shared = Pipeline(
         [
-            _across_namespaces(
-                lambda: Node(
-                    combine_benchmark_tables,
-                    inputs=rows,
-                    outputs="benchmark_metrics",
-                    name="combine_benchmark_metrics",
-                )
-            ),
-            _across_namespaces(
-                lambda: Node(
-                    combine_benchmark_tables,
-                    inputs=[f"{row}_predictions" for row in rows],
-                    outputs="benchmark_predictions",
-                    name="combine_benchmark_predictions",
-                )
-            ),
-            Node(
-                summarise_benchmark,
-                inputs=[
-                    "benchmark_metrics",
-                    "benchmark_predictions",
-                    "params:benchmark",
-                    "params:evaluation",
-                ],
-                outputs=[
-                    "benchmark_summary",
-                    "benchmark_table",
-                    "benchmark_mae_vs_k",
-                    "benchmark_paired_differences",
-                    "benchmark_paired_differences_table",
-                ],
-                name="summarise_benchmark",
+            *(sample_split_node(s, splits, methods) for s in splits),
+            frame_features_node(
+                NAMESPACE,
+                build_frame_features,
+                [f"{NAMESPACE}.{s}.split" for s in splits],
+                pretraining,
             ),
         ]
     )
-    features = frame_features_pipeline(
-        [f"{NAMESPACE}.{s}.split" for s in splits], pretraining=pretraining
-    )
+    zero_shot = [zero_shot_pipeline(m, backbone) for m in methods if kinds[m] == "zero_shot"]
+    per_split = sum((split_pipeline(s, kinds, pretraining) for s in splits), Pipeline([]))
     return (
         data_pipeline(parameters, pretraining=pretraining)
-        + features
+        + shared
         + Pipeline(zero_shot)
         + per_split
-        + summary
+        + Pipeline(summary_nodes(splits, methods))
     )

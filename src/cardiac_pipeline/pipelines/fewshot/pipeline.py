@@ -1,22 +1,24 @@
 """``kedro run --pipeline fewshot``: the whole method on the configured dataset.
 
 (synthetic, for the default dataset) -> ingestion -> preprocessing -> (pretraining, for
-``backbone.pretrained: pretrain``) -> one namespaced pipeline per model, ``fewshot.k1_seed0``
-and so on (its k-shot split, CardiacCLIP training, test evaluation) -> every model's metrics
-combined and summarised over seeds. Each model is its own node, so ParallelRunner trains
-them side by side and ``--namespaces=fewshot.k1_seed0`` trains one.
+``backbone.pretrained: pretrain``) -> namespace ``fewshot``: every model's k-shot split
+(``fewshot.splits.k1_seed0`` ...), the frame features of their videos and the zero-shot
+reference, then one namespace per model, ``fewshot.k1_seed0`` and so on (CardiacCLIP
+training, test evaluation), then every model's metrics combined and summarised over seeds.
+Each model is its own node, so ParallelRunner trains them side by side and
+``--namespaces=fewshot.k1_seed0`` trains one (on the split, features and reference that
+an earlier run wrote).
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from functools import partial, update_wrapper
+from collections.abc import Mapping
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
 from cardiac_pipeline.pipelines.data import data_pipeline, starts_from_pretraining
+from cardiac_pipeline.pipelines.grid import bound, frame_features_node, split_node
 
 from .nodes import (
     USER_SPLIT,
@@ -34,8 +36,8 @@ from .nodes import (
 NAMESPACE = "fewshot"
 ZERO_SHOT_REFERENCE = "fewshot_zero_shot_predictions"
 SHARED_INPUTS = {
-    "video_index",
     "clip_store",
+    "video_index",
     "pretrained_backbone",
     "frame_features",
     ZERO_SHOT_REFERENCE,
@@ -43,64 +45,21 @@ SHARED_INPUTS = {
 RECIPE_PARAMETERS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
 
 
-def _across_namespaces(node: Callable[[], Node]) -> Node:
-    """A node reading other namespaces' datasets by their full (dotted) names.
-
-    Kedro warns about dots in dataset names, meant for names written by hand; these are the
-    names its namespacing made.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="One or more dataset names contain")
-        return node()
-
-
-def _bound(func, **kwargs):
-    """``func`` with keyword arguments fixed, keeping its name and docs (kedro viz shows them)."""
-    return update_wrapper(partial(func, **kwargs), func)
-
-
-def frame_features_pipeline(splits: list[str], pretraining: bool) -> Pipeline:
-    """The one node that builds or updates the frame-feature store for the videos of
-    ``splits`` (shared by the fewshot and benchmark pipelines)."""
-    return Pipeline(
-        [
-            _across_namespaces(
-                lambda: Node(
-                    _bound(build_frame_features, with_checkpoint=pretraining),
-                    inputs=[
-                        "clip_store",
-                        "frame_features_folder",
-                        "params:backbone",
-                        "params:cardiac_clip",
-                        "params:clips",
-                        "params:training",
-                        *(["pretrained_backbone"] if pretraining else []),
-                        *splits,
-                    ],
-                    outputs="frame_features",
-                    name="build_frame_features",
-                )
-            )
-        ]
-    )
-
-
-def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
-    """Split, training and evaluation of one model, in namespace ``fewshot.<name>``."""
+def sample_split_node(name: str, built: list[str]) -> Node:
+    """The split of model ``name``: sampled for a (k, seed), or the user's split file."""
     if name == USER_SPLIT:
-        sample = _bound(read_user_split, built=built)
+        sample = bound(read_user_split, built=built)
     else:
         k, seed = name[1:].split("_seed")
-        sample = _bound(make_k_shot_split, k=int(k), seed=int(seed), built=built)
+        sample = bound(make_k_shot_split, k=int(k), seed=int(seed), built=built)
+    return split_node(NAMESPACE, name, sample, ["video_index", "params:fewshot"], "k_shot_split")
+
+
+def model_pipeline(name: str, pretraining: bool) -> Pipeline:
+    """Training and evaluation of one model on its split, in namespace ``fewshot.<name>``."""
     recipe = [f"params:{section}" for section in RECIPE_PARAMETERS]
     nodes = Pipeline(
         [
-            Node(
-                sample,
-                inputs=["video_index", "params:fewshot"],
-                outputs="k_shot_split",
-                name="sample_split",
-            ),
             Node(
                 train_fewshot_model,
                 inputs=["clip_store", "k_shot_split", *recipe, "frame_features"]
@@ -128,60 +87,67 @@ def model_pipeline(name: str, built: list[str], pretraining: bool) -> Pipeline:
         nodes,
         namespace=f"{NAMESPACE}.{name}",
         inputs=SHARED_INPUTS & set(nodes.inputs()),
-        parameters={"params:fewshot", *recipe},
+        parameters=set(recipe),
     )
 
 
-def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipeline:
-    if parameters is None:
-        from cardiac_pipeline.pipeline_registry import project_parameters
+def zero_shot_reference_node(first_split: str, pretraining: bool) -> Node:
+    """The zero-shot CLIP of the run's backbone on the TEST videos every split shares."""
+    return Node(
+        predict_zero_shot_reference,
+        inputs=[
+            "clip_store",
+            first_split,
+            "params:backbone",
+            "params:clips",
+            "params:evaluation",
+            *(["pretrained_backbone"] if pretraining else []),
+        ],
+        outputs=ZERO_SHOT_REFERENCE,
+        name="predict_zero_shot_reference",
+        namespace=NAMESPACE,
+    )
 
-        parameters = project_parameters()
+
+def summary_nodes(names: list[str]) -> list[Node]:
+    """Every model's metrics and predictions in one table each, summarised over seeds."""
+    combined = {"metrics": "fewshot_metrics", "predictions": "fewshot_test_predictions"}
+    nodes = [
+        Node(
+            combine_fewshot_tables,
+            inputs=[f"{NAMESPACE}.{name}.{table}" for name in names],
+            outputs=output,
+            name=f"combine_{table}",
+            namespace=NAMESPACE,
+        )
+        for table, output in combined.items()
+    ]
+    summarise = Node(
+        summarise_fewshot,
+        inputs=["fewshot_metrics", "fewshot_test_predictions", "params:evaluation"],
+        outputs=["fewshot_summary", "fewshot_summary_table", "fewshot_mae_vs_k"],
+        name="summarise_over_seeds",
+        namespace=NAMESPACE,
+    )
+    return [*nodes, summarise]
+
+
+def create_pipeline(parameters: Mapping[str, Any], **kwargs: Any) -> Pipeline:
+    """The pipeline of the grid in ``parameters`` (the run's, from the registry)."""
     names = model_names(parameters["fewshot"])
-    pretraining = starts_from_pretraining(parameters.get("backbone"))
-    models = sum((model_pipeline(name, names, pretraining) for name in names), Pipeline([]))
-    backbone = ["pretrained_backbone"] if pretraining else []
+    pretraining = starts_from_pretraining(parameters["backbone"])
     splits = [f"{NAMESPACE}.{name}.k_shot_split" for name in names]
-    features = frame_features_pipeline(splits, pretraining)
-    summary = Pipeline(
+    shared = Pipeline(
         [
-            _across_namespaces(
-                lambda: Node(
-                    predict_zero_shot_reference,
-                    inputs=[
-                        "clip_store",
-                        f"{NAMESPACE}.{names[0]}.k_shot_split",
-                        "params:backbone",
-                        "params:clips",
-                        "params:evaluation",
-                        *backbone,
-                    ],
-                    outputs=ZERO_SHOT_REFERENCE,
-                    name="predict_zero_shot_reference",
-                )
-            ),
-            _across_namespaces(
-                lambda: Node(
-                    combine_fewshot_tables,
-                    inputs=[f"{NAMESPACE}.{name}.metrics" for name in names],
-                    outputs="fewshot_metrics",
-                    name="combine_metrics",
-                )
-            ),
-            _across_namespaces(
-                lambda: Node(
-                    combine_fewshot_tables,
-                    inputs=[f"{NAMESPACE}.{name}.predictions" for name in names],
-                    outputs="fewshot_test_predictions",
-                    name="combine_predictions",
-                )
-            ),
-            Node(
-                summarise_fewshot,
-                inputs=["fewshot_metrics", "fewshot_test_predictions", "params:evaluation"],
-                outputs=["fewshot_summary", "fewshot_summary_table", "fewshot_mae_vs_k"],
-                name="summarise_over_seeds",
-            ),
+            *(sample_split_node(name, names) for name in names),
+            frame_features_node(NAMESPACE, build_frame_features, splits, pretraining),
+            zero_shot_reference_node(splits[0], pretraining),
         ]
     )
-    return data_pipeline(parameters, pretraining=pretraining) + features + models + summary
+    models = sum((model_pipeline(name, pretraining) for name in names), Pipeline([]))
+    return (
+        data_pipeline(parameters, pretraining=pretraining)
+        + shared
+        + models
+        + Pipeline(summary_nodes(names))
+    )
