@@ -174,13 +174,8 @@ def _same_folder(a: str, b: str) -> bool:
 class ValidationHook:
     """Refuses a run with wrong parameters or input folders before any node runs."""
 
-    def __init__(self) -> None:
-        self.config: ProjectConfig | None = None
-
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         parameters = catalog.load("parameters")
-        self.config = check_run(
-            parameters, reads=set(pipeline.all_inputs()), writes=set(pipeline.all_outputs())
-        )
+        check_run(parameters, reads=set(pipeline.all_inputs()), writes=set(pipeline.all_outputs()))
         logger.info("parameters and inputs checked")

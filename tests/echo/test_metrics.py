@@ -11,7 +11,6 @@ import pytest
 from cardiac_pipeline.echo.metrics import (
     constant_baseline,
     ef_metrics,
-    format_mean_sd,
     limits_of_agreement,
     mae_by_range,
     mean_sd_text,
@@ -201,35 +200,10 @@ def test_summarise_over_seeds_errors() -> None:
         summarise_over_seeds(_seed_table(), ["k"], ["method"])
 
 
-def test_format_mean_sd_markdown() -> None:
-    summary = summarise_over_seeds(_seed_table(), ["method", "k"], ["mae", "auroc_ef_lt_50"])
-    text = format_mean_sd(
-        summary,
-        ["method", "k"],
-        ["mae", "auroc_ef_lt_50"],
-        decimals={"mae": 2, "auroc_ef_lt_50": 3},
-        headers={"mae": "MAE (LVEF %)"},
-    )
-    lines = text.strip().splitlines()
-    assert lines[0] == "| method | k | n | MAE (LVEF %) | auroc_ef_lt_50 |"
-    assert lines[1] == "|---|---|---:|---:|---:|"
-    assert lines[2] == "| cardiacclip | 1 | 2 | 7.00 ± 1.41 | 0.800 |"
-    assert lines[3] == "| cardiacclip | 2 | 1 | 5.00 | 0.900 |"
-    assert lines[4] == "| mean_pool | 1 | 2 | 9.25 ± 0.35 | 0.725 ± 0.035 |"
-    assert len(lines) == 5
-
-
 def test_mean_sd_text() -> None:
     assert mean_sd_text(6.6449, 0.2061) == "6.64 ± 0.21"
     assert mean_sd_text(6.6449, float("nan"), decimals=1) == "6.6"
     assert mean_sd_text(float("nan"), float("nan")) == "–"
-
-
-def test_format_mean_sd_keeps_integer_group_labels() -> None:
-    table = pd.DataFrame({"k": [1, 1, 8], "mae": [7.0, 7.2, 6.6]})
-    text = format_mean_sd(summarise_over_seeds(table, ["k"], ["mae"]), ["k"], ["mae"])
-    assert "| 1 | 2 | 7.10 ± 0.14 |" in text
-    assert "| 8 | 1 | 6.60 |" in text
 
 
 def test_conformal_by_model_calibrates_on_held_out_val_videos_when_the_split_has_them():

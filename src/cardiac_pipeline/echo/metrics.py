@@ -263,46 +263,6 @@ def mean_sd_text(mean: float, sd: float, decimals: int = 2) -> str:
     return f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
 
 
-def format_mean_sd(
-    summary: pd.DataFrame,
-    group_cols: Sequence[str],
-    metric_cols: Sequence[str],
-    decimals: int | Mapping[str, int] = 2,
-    headers: Mapping[str, str] | None = None,
-    show_n: bool = True,
-) -> str:
-    """Markdown table of a ``summarise_over_seeds`` result, cells like '6.64 ± 0.21'.
-
-    ``decimals`` is one number or a per-metric mapping (e.g. 3 for AUROC); ``headers``
-    renames columns for readers (e.g. {'mae': 'MAE (LVEF %)'}).
-    """
-    group_cols, metric_cols = list(group_cols), list(metric_cols)
-    headers = dict(headers or {})
-    _check_columns(summary, group_cols, "group_cols")
-    needed = [f"{m}_{part}" for m in metric_cols for part in ("mean", "sd")]
-    _check_columns(summary, needed + (["n"] if show_n else []), "summary")
-
-    def _decimals(metric: str) -> int:
-        if isinstance(decimals, Mapping):
-            return int(decimals.get(metric, 2))
-        return int(decimals)
-
-    columns = group_cols + (["n"] if show_n else []) + metric_cols
-    lines = [
-        "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
-        "|" + "|".join("---" if c in group_cols else "---:" for c in columns) + "|",
-    ]
-    # Row dicts keep each column's own type (iterrows would turn k=1 into 1.0 in an
-    # all-numeric table).
-    for row in summary.to_dict(orient="records"):
-        cells = [str(row[c]) for c in group_cols]
-        if show_n:
-            cells.append(str(int(row["n"])))
-        cells += [mean_sd_text(row[f"{m}_mean"], row[f"{m}_sd"], _decimals(m)) for m in metric_cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------- bootstrap intervals
 #
 # The same metrics on bootstrap resamples of the TEST videos, all resamples at once: a

@@ -58,8 +58,9 @@ REPORTS_COLUMNS = ["FileName", "Report"]
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """Dataset-level settings that are not part of a site's acquisition style."""
+class LabelConventions:
+    """How the generated labels are measured and written (volumes, tracings, reports):
+    dataset-level, not part of a site's acquisition style."""
 
     pixel_spacing_cm: float = DEFAULT_PIXEL_SPACING_CM  # turns pixel^3 into mL
     n_discs: int = DEFAULT_N_DISCS
@@ -131,7 +132,7 @@ def _window(times: np.ndarray, start: float, stop: float) -> np.ndarray:
     return np.flatnonzero((times >= start - 1e-9) & (times <= stop + 1e-9))
 
 
-def _traced_volume(mask: np.ndarray, config: SyntheticConfig) -> tuple[DiscTracing, float]:
+def _traced_volume(mask: np.ndarray, config: LabelConventions) -> tuple[DiscTracing, float]:
     tracing = trace_lv_cavity(mask, n_discs=config.n_discs).rounded(config.coordinate_decimals)
     volume = volume_from_tracing(tracing.long_axis, tracing.chords, config.pixel_spacing_cm)
     return tracing, volume
@@ -142,7 +143,7 @@ def measure_labels(
     landmarks: np.ndarray,
     fps: float,
     rng: np.random.Generator,
-    config: SyntheticConfig,
+    config: LabelConventions,
 ) -> tuple[int, DiscTracing, float, int, DiscTracing, float]:
     """Pick one whole beat, trace the frames around its ED and ES, keep the extremes.
 
@@ -196,7 +197,7 @@ def echo_report(
     edv: float,
     params: PhantomParams,
     rng: np.random.Generator,
-    config: SyntheticConfig,
+    config: LabelConventions,
 ) -> str:
     """An echo-report-style text for one video, every statement derived from its geometry.
 
@@ -259,11 +260,11 @@ def synthesize_video(
     index: int,
     site: str | Site = "target",
     target_ef: float | None = None,
-    config: SyntheticConfig | None = None,
+    config: LabelConventions | None = None,
 ) -> SyntheticVideo:
     """Draw, render and measure one video; deterministic in ``(seed, site, split, index)``."""
     site = get_site(site)
-    config = config or SyntheticConfig()
+    config = config or LabelConventions()
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name_seed, content_seed = _video_seeds(seed, site, split, index)
@@ -301,7 +302,7 @@ class _Task:
     site: Site
     target_ef: float | None
     videos_dir: str
-    config: SyntheticConfig
+    config: LabelConventions
 
 
 def _init_worker() -> None:
@@ -388,7 +389,7 @@ def generate_dataset(
     workers: int = 2,
     progress: bool = True,
     site_overrides: Mapping[str, Any] | None = None,
-    config: SyntheticConfig | None = None,
+    config: LabelConventions | None = None,
 ) -> pd.DataFrame:
     """Write a synthetic EchoNet-format dataset under ``root``; return its FileList.
 
@@ -403,7 +404,7 @@ def generate_dataset(
         if int(count) < 0:
             raise ValueError(f"n_{split.lower()} must be >= 0, got {count}")
     resolved = get_site(site, site_overrides)
-    config = config or SyntheticConfig()
+    config = config or LabelConventions()
     root = Path(root)
     videos_dir = root / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)

@@ -56,12 +56,6 @@ def percentile_interval(samples: object, level: float = 0.95) -> tuple[float, fl
     return float(low), float(high)
 
 
-def weighted_mean(values: object, weights: np.ndarray) -> np.ndarray:
-    """Mean of a per-video quantity in each resample: ``(weights @ values) / weights.sum(1)``."""
-    values = np.asarray(values, dtype=float)
-    return (weights @ values) / weights.sum(axis=1)
-
-
 # ------------------------------------------------------------------------- conformal
 
 

@@ -7,7 +7,8 @@ Registered architectures (all with open_clip's CLIP BPE tokenizer, 77 tokens):
 
 - ``echo-vit-tiny``: open_clip VisionTransformer (112 px, patch 16, width 128, 3 layers,
   4 heads, average pooling; 0.7 M), 3-layer width-128 text transformer, 128-d embedding.
-  The CPU default (``DEFAULT_CPU_BACKBONE``): the fastest to train of the small towers.
+  The CPU default (``clip_arch`` in conf/base/globals.yml): the fastest to train of the
+  small towers.
 - ``echo-convnext-tiny``: timm ConvNeXt (depths 1-1-2-1, widths 32-256, 1.0 M parameters,
   registered in timm as ``echo_convnext_tiny``), same text tower; the ConvNeXt family of
   EchoCLIP at CPU size (about 1.4x the ViT's training cost).
@@ -40,7 +41,6 @@ MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 ECHOCLIP_HF_ID = "hf-hub:mkaichristensen/echo-clip"
-DEFAULT_CPU_BACKBONE = "echo-vit-tiny"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PARAMETERS_FILE = "conf/local/parameters.yml"
 
