@@ -102,3 +102,16 @@ def test_train_command_reads_runtime_params_as_kedro_run_does() -> None:
         _runtime_params("training.epochs")
     with pytest.raises(UserError, match="--seed"):
         _parse_train_args(["--k", "1"])
+
+
+def test_what_a_train_command_needs_first_is_one_line_naming_the_run(tmp_path: Path) -> None:
+    from kedro.io import DataCatalog
+
+    from cardiac_pipeline.__main__ import _backbone, _load_prerequisite
+    from cardiac_pipeline.datasets import ClipStoreDataset
+
+    catalog = DataCatalog({"clip_store": ClipStoreDataset(path=str(tmp_path / "none"))})
+    with pytest.raises(UserError, match=r"'clip_store' is missing.*--pipeline preprocessing"):
+        _load_prerequisite(catalog, "clip_store")
+    with pytest.raises(UserError, match="kedro run --pipeline pretrain"):
+        _backbone(catalog, {"name": "echo-vit-tiny", "pretrained": "pretrain"})

@@ -118,13 +118,20 @@ def _mlflow_run(
         yield run.info.run_id
 
 
-def _pretrained_checkpoint(catalog: Any) -> str | None:
+def _backbone(catalog: Any, backbone: dict[str, Any]) -> dict[str, Any]:
+    """``backbone`` with ``pretrained: pretrain`` resolved to the pretrain pipeline's output."""
     from kedro.io import DatasetError
 
+    from cardiac_pipeline.model import recipe
+
     try:
-        return str(catalog.load("pretrained_backbone"))
+        checkpoint = str(catalog.load("pretrained_backbone"))
     except DatasetError:  # recipe.with_pretrained says what to run when it is needed
-        return None
+        checkpoint = None
+    try:
+        return recipe.with_pretrained(backbone, checkpoint)
+    except ValueError as error:  # no or another checkpoint: what to run, on one line
+        raise UserError(one_line(error)) from None
 
 
 def _load_prerequisite(catalog: Any, name: str) -> Any:
@@ -193,7 +200,9 @@ def _split(catalog: Any, fewshot: dict[str, Any], k: int, seed: int) -> Any:
     )
 
 
-def _frame_features(catalog: Any, clip_store: Any, arch: dict[str, Any], sections: dict, split):
+def _frame_features(
+    catalog: Any, clip_store: Any, arch: dict[str, Any], sections: dict[str, Any], split: Any
+) -> Any:
     """The frame-feature store of the split's videos (None where the mode trains on clips).
 
     Rank 0 builds what is missing with the fewshot pipeline's node and records it in the
@@ -230,7 +239,7 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     recipe.check_recipe(sections)
     split = _split(catalog, params["fewshot"], args.k, args.seed)
     clip_store = _load_prerequisite(catalog, "clip_store")
-    backbone = recipe.with_pretrained(sections["backbone"], _pretrained_checkpoint(catalog))
+    backbone = _backbone(catalog, sections["backbone"])
     arch = {"backbone": backbone, "cardiac_clip": sections["cardiac_clip"]}
     features = _frame_features(catalog, clip_store, arch, sections, split)
     name = f"k{args.k}_seed{args.seed}"

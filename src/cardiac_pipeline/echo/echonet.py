@@ -359,6 +359,28 @@ def build_video_index(
     The raw folder is only read.
     """
     root = Path(root)
+    list_path, videos = _folder_parts(root, videos_dir, file_list)
+    rows = _listed_videos(list_path, videos, file_list)
+    verdicts = _Verdicts(rows)
+    _check_labels(verdicts, ef_range, ef_tolerance)
+    verdicts.reject(
+        ~rows["exists"],
+        "missing_file",
+        lambda r: f"no {r.FileName}{r.suffix or '.avi'} (nor .avi/.mp4) in {videos}",
+    )
+    infos = _probe_videos(verdicts, min_frames, frame_count_tolerance, workers, progress)
+    index = _index_table(rows, infos, verdicts, standard_size)
+    index = _with_traced_frames(index, root, volume_tracings)
+    rejects = verdicts.rejects()
+    if index.empty:
+        raise EchoNetFormatError(
+            f"{root}: no usable video in {file_list} ({summarise_ingestion(index, rejects)})"
+        )
+    return index, rejects
+
+
+def _folder_parts(root: Path, videos_dir: str, file_list: str) -> tuple[Path, Path]:
+    """The file list and the videos folder of an EchoNet-format folder, both checked."""
     if not root.is_dir():
         raise EchoNetFormatError(f"{root}: EchoNet folder not found")
     list_path = root / file_list
@@ -367,7 +389,11 @@ def build_video_index(
     videos = root / videos_dir
     if not videos.is_dir():
         raise EchoNetFormatError(f"{root}: no {videos_dir}/ folder of videos")
+    return list_path, videos
 
+
+def _listed_videos(list_path: Path, videos: Path, file_list: str) -> pd.DataFrame:
+    """The file list's rows with each video's ``path`` and whether it ``exists``."""
     rows = _parse_file_list(list_path, strict_ef=False)
     present = {entry.name for entry in os.scandir(videos) if entry.is_file()}
     found = [
@@ -376,28 +402,59 @@ def build_video_index(
     ]
     rows["path"] = [str(p) for p, _ in found]
     rows["exists"] = [ok for _, ok in found]
-
     listed = {Path(p).name for p, ok in found if ok}
     unlisted = len(present - listed)
     if unlisted:
         logger.info("%s: %d file(s) not listed in %s are ignored", videos, unlisted, file_list)
+    return rows
 
-    reason = pd.Series(pd.NA, index=rows.index, dtype="object")
-    detail = pd.Series("", index=rows.index, dtype="object")
 
-    def reject(mask: pd.Series, why: str, explain: Callable[[pd.Series], str]) -> None:
-        mask = mask & reason.isna()
-        for i in rows.index[mask]:
-            reason[i] = why
-            detail[i] = explain(rows.loc[i])
+class _Verdicts:
+    """Each file-list row's first failing check (``reason``, ``detail``); NA while usable."""
 
+    def __init__(self, rows: pd.DataFrame) -> None:
+        self.rows = rows
+        self.reason = pd.Series(pd.NA, index=rows.index, dtype="object")
+        self.detail = pd.Series("", index=rows.index, dtype="object")
+
+    def reject(self, mask: pd.Series, why: str, explain: Callable[[pd.Series], str]) -> None:
+        """Reject the rows of ``mask`` not rejected yet, each explained by ``explain(row)``."""
+        mask = mask & self.reason.isna()
+        for i in self.rows.index[mask]:
+            self.set(i, why, explain(self.rows.loc[i]))
+
+    def set(self, i: int, why: str, detail: str) -> None:
+        self.reason[i] = why
+        self.detail[i] = detail
+
+    def usable(self) -> pd.Index:
+        return self.rows.index[self.reason.isna()]
+
+    def rejects(self) -> pd.DataFrame:
+        """The rejected rows (contract "Rejects"), sorted by FileName."""
+        rejected = self.reason.notna()
+        rejects = pd.DataFrame(
+            {
+                "FileName": self.rows.loc[rejected, "FileName"],
+                "path": self.rows.loc[rejected, "path"],
+                "reason": self.reason[rejected].astype(str),
+                "detail": self.detail[rejected].astype(str),
+            },
+            columns=REJECT_COLUMNS,
+        )
+        return rejects.sort_values("FileName", kind="stable").reset_index(drop=True)
+
+
+def _check_labels(verdicts: _Verdicts, ef_range: tuple[float, float], ef_tolerance: float) -> None:
+    """The file list's own checks, in order: duplicate, missing EF, EF range, ESV/EDV."""
+    rows = verdicts.rows
     first_line = rows.groupby("FileName")["csv_line"].transform("min")
-    reject(
+    verdicts.reject(
         rows["FileName"].duplicated(keep="first"),
         "duplicate",
         lambda r: f"line {r.csv_line} repeats FileName of line {first_line[r.name]}",
     )
-    reject(
+    verdicts.reject(
         rows["EF"].isna(),
         "missing_ef",
         lambda r: (
@@ -407,20 +464,26 @@ def build_video_index(
         ),
     )
     low, high = ef_range
-    reject(
+    verdicts.reject(
         (rows["EF"] < low) | (rows["EF"] > high),
         "ef_out_of_range",
         lambda r: f"line {r.csv_line}: EF {r.EF:g} outside [{low:g}, {high:g}]",
     )
+    _check_volumes(verdicts, ef_tolerance)
+
+
+def _check_volumes(verdicts: _Verdicts, ef_tolerance: float) -> None:
+    """``ef_inconsistent``: EDV <= 0, or EF off the EF that ESV and EDV imply."""
+    rows = verdicts.rows
     both = rows["ESV"].notna() & rows["EDV"].notna()
     with np.errstate(divide="ignore", invalid="ignore"):
         implied = (rows["EDV"] - rows["ESV"]) / rows["EDV"] * 100
-    reject(
+    verdicts.reject(
         both & (rows["EDV"] <= 0),
         "ef_inconsistent",
         lambda r: f"line {r.csv_line}: EDV {r.EDV:g} mL cannot give an EF",
     )
-    reject(
+    verdicts.reject(
         both & ((rows["EF"] - implied).abs() > ef_tolerance),
         "ef_inconsistent",
         lambda r: (
@@ -428,29 +491,37 @@ def build_video_index(
             f"{implied[r.name]:.2f} (ESV {r.ESV:g}, EDV {r.EDV:g}; tolerance {ef_tolerance:g})"
         ),
     )
-    reject(
-        ~rows["exists"],
-        "missing_file",
-        lambda r: f"no {r.FileName}{r.suffix or '.avi'} (nor .avi/.mp4) in {videos}",
-    )
 
-    to_probe = rows.index[reason.isna()]
-    results = _run_probes(
-        [rows.at[i, "path"] for i in to_probe], frame_count_tolerance, workers, progress
-    )
+
+def _probe_videos(
+    verdicts: _Verdicts, min_frames: int, frame_count_tolerance: int, workers: int, progress: bool
+) -> dict[int, object]:
+    """Each row still usable probed (``video.check_video``): its info where it decodes."""
+    to_probe = verdicts.usable()
+    paths = [verdicts.rows.at[i, "path"] for i in to_probe]
+    results = _run_probes(paths, frame_count_tolerance, workers, progress)
     infos: dict[int, object] = {}
     for i, (status, payload) in zip(to_probe, results, strict=True):
         if status == "ok":
             infos[i] = payload
         else:
-            reason[i] = status
-            detail[i] = str(payload)
+            verdicts.set(i, status, str(payload))
     for i, info in infos.items():
         if info.num_frames < min_frames:
-            reason[i] = "too_few_frames"
-            detail[i] = f"{info.num_frames} frames, fewer than min_frames={min_frames}"
+            verdicts.set(
+                i, "too_few_frames", f"{info.num_frames} frames, fewer than min_frames={min_frames}"
+            )
+    return infos
 
-    usable = [i for i in infos if pd.isna(reason[i])]
+
+def _index_table(
+    rows: pd.DataFrame,
+    infos: dict[int, object],
+    verdicts: _Verdicts,
+    standard_size: tuple[int, int],
+) -> pd.DataFrame:
+    """The usable rows with what the probe read from each file."""
+    usable = [i for i in infos if pd.isna(verdicts.reason[i])]
     index = rows.loc[usable, ["FileName", "path", "EF", "ESV", "EDV", "Split"]].copy()
     index["NumberOfFrames"] = [infos[i].num_frames for i in usable]
     index["FPS"] = [infos[i].fps for i in usable]
@@ -462,6 +533,11 @@ def build_video_index(
     index["non_standard_size"] = (index["FrameHeight"] != standard_size[0]) | (
         index["FrameWidth"] != standard_size[1]
     )
+    return index
+
+
+def _with_traced_frames(index: pd.DataFrame, root: Path, volume_tracings: str) -> pd.DataFrame:
+    """``index`` with ED/ES frames from VolumeTracings; frames beyond a video's end dropped."""
     frames = end_diastole_end_systole_frames(read_volume_tracings(root / volume_tracings))
     index = index.merge(frames, on="FileName", how="left")
     index[["ED_frame", "ES_frame"]] = index[["ED_frame", "ES_frame"]].astype("Int64")
@@ -478,25 +554,7 @@ def build_video_index(
             ", ".join(index.loc[beyond, "FileName"].head(3)),
         )
         index.loc[beyond, ["ED_frame", "ES_frame"]] = pd.NA
-    index = index.sort_values("FileName", kind="stable").reset_index(drop=True)[INDEX_COLUMNS]
-
-    rejected = reason.notna()
-    rejects = pd.DataFrame(
-        {
-            "FileName": rows.loc[rejected, "FileName"],
-            "path": rows.loc[rejected, "path"],
-            "reason": reason[rejected].astype(str),
-            "detail": detail[rejected].astype(str),
-        },
-        columns=REJECT_COLUMNS,
-    )
-    rejects = rejects.sort_values("FileName", kind="stable").reset_index(drop=True)
-
-    if index.empty:
-        raise EchoNetFormatError(
-            f"{root}: no usable video in {file_list} ({summarise_ingestion(index, rejects)})"
-        )
-    return index, rejects
+    return index.sort_values("FileName", kind="stable").reset_index(drop=True)[INDEX_COLUMNS]
 
 
 def summarise_ingestion(index: pd.DataFrame, rejects: pd.DataFrame) -> str:
