@@ -146,7 +146,7 @@ def summary_nodes(splits: list[str], methods: list[str]) -> list[Node]:
     return [*nodes, summarise]
 
 
-def create_pipeline(parameters: Mapping[str, Any], **kwargs: Any) -> Pipeline:
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     """The pipeline of the benchmark variant in ``parameters`` (the run's, from the registry)."""
     benchmark = parameters["benchmark"]
     splits, methods = split_names(benchmark), variant_methods(benchmark)

@@ -132,7 +132,7 @@ def summary_nodes(names: list[str]) -> list[Node]:
     return [*nodes, summarise]
 
 
-def create_pipeline(parameters: Mapping[str, Any], **kwargs: Any) -> Pipeline:
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     """The pipeline of the grid in ``parameters`` (the run's, from the registry)."""
     names = model_names(parameters["fewshot"])
     pretraining = starts_from_pretraining(parameters["backbone"])
