@@ -23,7 +23,7 @@ import torch
 from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
+from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.prediction_cache import PredictionCache
@@ -34,6 +34,7 @@ from cardiac_pipeline.model.train import (
     predict_videos,
     resolve_device,
 )
+from cardiac_pipeline.nn.encoders import create_encoder
 from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
@@ -114,16 +115,19 @@ def build_cardiac_clip(
     """
     backbone = arch["backbone"]
     load_weights = weights and bool(backbone.get("load_weights", True))
-    created = create_backbone(
-        backbone["name"], backbone.get("pretrained"), seed=seed, load_weights=load_weights
-    )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        encoder = create_encoder(
+            backbone["name"], backbone.get("pretrained"), load_weights=load_weights
+        )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
         kwargs["scales"] = tuple(int(s) for s in kwargs["scales"])
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return CardiacCLIP.from_backbone(created, **kwargs)
+        return CardiacCLIP(encoder, **kwargs)
 
 
 def check_recipe(sections: Mapping[str, Mapping[str, Any] | None], where: str = "") -> None:

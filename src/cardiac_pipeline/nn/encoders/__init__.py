@@ -1,8 +1,14 @@
-"""Backbones behind one interface (``base``), registered by name."""
+"""Backbones behind one interface (``base``), registered by name.
 
+Importing this package registers the backbones of its modules (one module per family).
+"""
+
+from cardiac_pipeline.nn.encoders import open_clip as _open_clip  # noqa: F401 (registers)
 from cardiac_pipeline.nn.encoders.base import (
     ENCODER_KINDS,
+    FrameEncoder,
     InputSpec,
+    TowerHead,
     VideoEncoder,
     create_encoder,
     list_encoders,
@@ -11,7 +17,9 @@ from cardiac_pipeline.nn.encoders.base import (
 
 __all__ = [
     "ENCODER_KINDS",
+    "FrameEncoder",
     "InputSpec",
+    "TowerHead",
     "VideoEncoder",
     "create_encoder",
     "list_encoders",
