@@ -279,12 +279,12 @@ def _portable_path(path: str | Path) -> str:
 
 def _portable_arch(arch: dict[str, Any]) -> dict[str, Any]:
     """``arch`` with a backbone weights file as ``_portable_path`` (only a record: a model is
-    rebuilt from a checkpoint without it). ``local-dir:`` sources stay whole: the folder's
-    open_clip config is what rebuilds the architecture.
+    rebuilt from a checkpoint without it). ``local-dir:`` sources and folders (EchoCLIP's)
+    stay whole: the folder's open_clip config is what rebuilds the architecture.
     """
     backbone = dict(arch.get("backbone") or {})
     pretrained = backbone.get("pretrained")
-    if pretrained and not brings_own_weights(pretrained):
+    if pretrained and not brings_own_weights(pretrained) and not Path(pretrained).is_dir():
         backbone["pretrained"] = _portable_path(str(pretrained))
     return {**arch, "backbone": backbone}
 

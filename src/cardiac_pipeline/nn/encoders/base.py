@@ -137,22 +137,29 @@ class FrameEncoder(VideoEncoder):
 
 EncoderBuilder = Callable[..., VideoEncoder]
 _REGISTRY: dict[str, EncoderBuilder] = {}
+_ARCHITECTURE_FROM_WEIGHTS: set[str] = set()
 SOURCE_SEPARATOR = ":"
 
 
-def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
+def register_encoder(
+    name: str, *, architecture_from_weights: bool = False
+) -> Callable[[EncoderBuilder], EncoderBuilder]:
     """Register ``builder(weights=None, device="cpu", **options) -> VideoEncoder`` as ``name``.
 
     A name ending in ``:`` (``local-dir:``, ``hf-hub:``) registers a source prefix: every
     backbone name starting with it goes to that builder, which gets the whole name as
-    ``options["source"]``. Options a builder may get besides its own: ``load_weights=False``
-    (the architecture only: a checkpoint's weights follow; a builder may ignore it).
+    ``options["source"]``. ``architecture_from_weights``: the weights source also holds the
+    architecture (an open_clip folder with its config); such a builder gets the source and
+    ``load_weights=False`` when only the architecture is wanted, any other gets
+    ``weights=None`` then.
     """
 
     def add(builder: EncoderBuilder) -> EncoderBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"backbone {name!r} is registered twice")
         _REGISTRY[name] = builder
+        if architecture_from_weights:
+            _ARCHITECTURE_FROM_WEIGHTS.add(name)
         return builder
 
     return add
@@ -163,7 +170,10 @@ def list_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _prefix(name: str) -> str | None:
+def _registered_as(name: str) -> str | None:
+    """The registry entry of a backbone name: itself, or its source prefix."""
+    if name in _REGISTRY:
+        return name
     head, separator, _ = str(name).partition(SOURCE_SEPARATOR)
     return head + separator if separator and head + separator in _REGISTRY else None
 
@@ -172,19 +182,33 @@ def encoder_builder(name: str) -> EncoderBuilder:
     """The builder registered as ``name`` (or its source prefix); a ``UserError`` otherwise."""
     from cardiac_pipeline.errors import UserError
 
-    if name not in _REGISTRY and _prefix(name) is None:
+    entry = _registered_as(name)
+    if entry is None:
         raise UserError(
             f"backbone.name: unknown backbone {name!r}; registered: {', '.join(list_encoders())}. "
             "Fix backbone.name in conf/ or --params."
         )
-    return _REGISTRY[name] if name in _REGISTRY else _REGISTRY[str(_prefix(name))]
+    return _REGISTRY[entry]
 
 
 def create_encoder(
-    name: str, weights: str | None = None, device: str | torch.device = "cpu", **options: Any
+    name: str,
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    load_weights: bool = True,
+    **options: Any,
 ) -> VideoEncoder:
-    """Build the backbone registered as ``name`` with its weights (None: random init)."""
-    builder = encoder_builder(name)
-    if name not in _REGISTRY:
+    """Build the backbone registered as ``name`` with its weights (None: random init).
+
+    ``load_weights=False`` builds the architecture only (random init): a checkpoint's
+    weights follow, or a from-scratch ablation.
+    """
+    builder, entry = encoder_builder(name), _registered_as(name)
+    if entry != name:
         options = {**options, "source": name}
+    if entry in _ARCHITECTURE_FROM_WEIGHTS:
+        options = {**options, "load_weights": load_weights}
+    elif not load_weights:
+        weights = None
     return builder(weights=weights, device=device, **options)

@@ -278,7 +278,7 @@ def open_clip_encoder(
 def _register_configs() -> None:
     """One registration per architecture shipped in ``model_configs``."""
     for arch in list_backbones():
-        register_encoder(arch)(_architecture_builder(arch))
+        register_encoder(arch, architecture_from_weights=True)(_architecture_builder(arch))
 
 
 def _architecture_builder(arch: str) -> Callable[..., OpenClipEncoder]:
@@ -289,8 +289,8 @@ def _architecture_builder(arch: str) -> Callable[..., OpenClipEncoder]:
     return build
 
 
-@register_encoder("local-dir:")
-@register_encoder("hf-hub:")
+@register_encoder("local-dir:", architecture_from_weights=True)
+@register_encoder("hf-hub:", architecture_from_weights=True)
 def build_open_clip_source(
     weights: str | None = None, device: str | torch.device = "cpu", *, source: str, **options: Any
 ) -> OpenClipEncoder:
@@ -299,14 +299,14 @@ def build_open_clip_source(
     return open_clip_encoder(source, weights, device, **options)
 
 
-@register_encoder(ECHOCLIP)
+@register_encoder(ECHOCLIP, architecture_from_weights=True)
 def build_echoclip(
     weights: str | None = None, device: str | torch.device = "cpu", **options: Any
 ) -> OpenClipEncoder:
     """EchoCLIP from its published folder (``weights``: the folder, its own config)."""
     if not weights:
         raise UserError(
-            f"backbone.pretrained: backbone 'echoclip' needs its folder; {ECHOCLIP_FIX}"
+            f"backbone.pretrained: backbone 'echoclip' needs its folder; fix: {ECHOCLIP_FIX}"
         )
     folder = Path(str(weights).removeprefix(LOCAL_DIR_PREFIX)).expanduser()
     try:
