@@ -7,6 +7,7 @@ touched.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from torch import nn
 
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.errors import UserError
-from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model import benchmark, recipe
 from cardiac_pipeline.model.features import (
     FeatureStore,
     build_feature_store,
     feature_store_key,
     key_digest,
 )
+from cardiac_pipeline.model.pretrain import zero_shot_predict
 from cardiac_pipeline.nn.encoders import (
     InputSpec,
     VideoEncoder,
@@ -164,3 +166,64 @@ def test_cached_adaptation_runs_through_to_predictions(site, tmp_path: Path, hea
     assert np.isfinite(from_features["EF_pred"]).all()
     # the same model either way (clip starts move to the feature grid: close, not equal)
     assert np.abs(from_features["EF_pred"] - from_pixels["EF_pred"]).max() < 5.0
+
+
+class MuteClipEncoder(TinyClipEncoder):
+    """The tiny clip encoder without text; ``ef_head`` given or not (PanEcho has one)."""
+
+    def __init__(self, with_head: bool) -> None:
+        super().__init__()
+        self.with_head = with_head
+
+    @property
+    def has_text(self) -> bool:
+        return False
+
+    def ef_head(self) -> nn.Module | None:
+        if not self.with_head:
+            return None
+        head = nn.Linear(8, 1)
+        nn.init.zeros_(head.weight)
+        nn.init.constant_(head.bias, 40.0)
+        return head
+
+
+@register_encoder(f"{NAME}-mute")
+def build_mute(weights=None, device="cpu", **options) -> MuteClipEncoder:
+    return MuteClipEncoder(with_head=False)
+
+
+def test_zero_shot_takes_clip_encoders_with_text_or_an_ef_head(site) -> None:
+    store, table, weights = site
+    rows = table.iloc[:3]
+    with_text = create_encoder(NAME, weights=str(weights))
+    scored = zero_shot_predict(with_text, store, rows, frames=4, period=2, n_clips=2)
+    assert scored["FileName"].tolist() == rows["FileName"].tolist()
+    assert scored["EF_pred"].between(0, 100).all()
+    by_head = zero_shot_predict(MuteClipEncoder(with_head=True), store, rows, frames=4, period=2)
+    np.testing.assert_allclose(by_head["EF_pred"], 40.0, atol=1e-4)
+
+
+def test_methods_that_do_not_apply_are_left_out_with_the_reason(
+    site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, table, weights = site
+    split = table.assign(role=["train"] * 6 + ["val"] * 2 + ["test"] * (len(table) - 8), k=1)
+    split = split.assign(seed=0)
+    base = {
+        "backbone": {"name": NAME, "pretrained": str(weights)},
+        "cardiac_clip": {"scales": [1, 2], "prompt_set": "values"},
+        "clips": CLIPS,
+        "training": {"adaptation": "full", "epochs": 1, "batch_size": 2},
+        "evaluation": {"n_clips": 1},
+    }
+    mute = {**base, "backbone": {"name": f"{NAME}-mute", "pretrained": None}}
+    with caplog.at_level(logging.WARNING):
+        zoomed = benchmark.run_method(
+            "cardiac_clip", {}, store, split, base=base, pretrained_backbone=None,
+            cache_dir=tmp_path, progress=False,
+        )  # fmt: skip
+        zero_shot = benchmark.zero_shot_predictions(store, split, mute)
+    assert zoomed.empty and zero_shot.empty
+    assert "cardiac_clip left out" in caplog.text and "EchoZoom" in caplog.text
+    assert "zero-shot left out" in caplog.text and "neither a text tower" in caplog.text

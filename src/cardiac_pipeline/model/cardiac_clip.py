@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.echozoom import EchoZoom, PixelNormalize
 from cardiac_pipeline.model.mfl import AttentionPool, MeanPool, TemporalPool
@@ -54,7 +53,7 @@ from cardiac_pipeline.model.prompts import (
     zero_shot_ef_prompts,
 )
 from cardiac_pipeline.nn.clip_embedding import ClipEmbedding
-from cardiac_pipeline.nn.encoders.base import VideoEncoder
+from cardiac_pipeline.nn.encoders.base import NotApplicable, VideoEncoder
 
 PARAM_GROUP_NAMES: tuple[str, ...] = ("image_tower", "text_tower", "mfl", "head")
 POOLINGS = ("attention", "mean", "temporal")
@@ -126,7 +125,7 @@ class CardiacCLIP(nn.Module):
         if len(prompts) != len(bin_values):
             raise ValueError(f"{len(prompts)} prompts but {len(bin_values)} bin values")
         if head == "prompt" and not encoder.has_text:
-            raise UserError(
+            raise NotApplicable(
                 f"cardiac_clip.head: 'prompt' needs a text tower, and backbone {encoder.name!r} "
                 "has none; fix: set cardiac_clip.head: linear"
             )
@@ -270,7 +269,7 @@ def _clip_embedding(
 ) -> nn.Module:
     """A clip encoder's clip embeddings; EchoZoom (scales besides 1) does not apply."""
     if tuple(int(s) for s in scales) != (1,):
-        raise UserError(
+        raise NotApplicable(
             f"cardiac_clip.scales: {list(scales)} asks for EchoZoom, which needs a frame "
             f"encoder; backbone {encoder.name!r} embeds whole clips; fix: set "
             "cardiac_clip.scales: [1]"

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cardiac_pipeline.errors import UserError
@@ -58,18 +57,8 @@ class ClipEmbedding(nn.Module):
 
     def video_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Clip embeddings [B, T / clip_frames, D] of normalised frames [B, T, 3, H, W]."""
-        b, t, c, h, w = frames.shape
-        self.check_frames(t)
-        if (h, w) != (self.size, self.size):
-            frames = F.interpolate(
-                frames.reshape(b * t, c, h, w),
-                size=(self.size, self.size),
-                mode="bilinear",
-                align_corners=False,
-            ).reshape(b, t, c, self.size, self.size)
-        n = t // self.clip_frames
-        clips = frames.reshape(b * n, self.clip_frames, *frames.shape[2:]).transpose(1, 2)
-        return self.trunk.encode_video(clips).reshape(b, n, -1)
+        self.check_frames(frames.shape[1])
+        return self.trunk.encode_sequence(frames)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Clip embeddings [..., D] through the trainable map (identity at the start)."""

@@ -21,10 +21,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from cardiac_pipeline.errors import UserError
 
 EncoderKind = Literal["frame", "clip"]
 ENCODER_KINDS: tuple[str, ...] = ("frame", "clip")
+
+
+class NotApplicable(UserError):
+    """A method or option that does not apply to this backbone (EchoZoom on a clip
+    encoder, prompts without a text tower); the benchmark leaves such a method out."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,26 @@ class VideoEncoder(nn.Module):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         raise TypeError(f"backbone {self.name!r} has no text tower")
 
+    def encode_sequence(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised frames [B, T, 3, H, W] -> one embedding per clip [B, T / L, D].
+
+        L is ``input_spec.clip_frames`` (a clip encoder; T a multiple of it); frames are
+        resized to ``input_spec.size`` first. A frame encoder gives one per frame (L = 1).
+        """
+        b, t, c, h, w = frames.shape
+        length, size = int(self.input_spec.clip_frames or 1), self.input_spec.size
+        if (h, w) != (size, size):
+            flat = F.interpolate(
+                frames.reshape(b * t, c, h, w),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            frames = flat.reshape(b, t, c, size, size)
+        n = t // length
+        clips = frames.reshape(b * n, length, *frames.shape[2:]).transpose(1, 2)
+        return self.encode_video(clips).reshape(b, n, -1)
+
     def logit_scale(self) -> torch.Tensor:
         """log of the image-text logit scale (CLIP's learned temperature; default 100)."""
         return torch.tensor(math.log(100.0))
@@ -125,6 +153,11 @@ class FrameEncoder(VideoEncoder):
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, h, w)
         return self.encode_frames(frames).reshape(b, t, -1)
+
+    def encode_sequence(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised frames [B, T, 3, H, W] -> frame embeddings [B, T, D] (sizes as given)."""
+        b, t = frames.shape[:2]
+        return self.encode_frames(frames.flatten(0, 1)).reshape(b, t, -1)
 
     def feature_trunk(self) -> nn.Module:
         """The image tower cut before its pooling head: images [N, 3, H, W] -> feature map
@@ -180,8 +213,6 @@ def _registered_as(name: str) -> str | None:
 
 def encoder_builder(name: str) -> EncoderBuilder:
     """The builder registered as ``name`` (or its source prefix); a ``UserError`` otherwise."""
-    from cardiac_pipeline.errors import UserError
-
     entry = _registered_as(name)
     if entry is None:
         raise UserError(
