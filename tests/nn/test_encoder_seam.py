@@ -162,8 +162,12 @@ def test_cached_adaptation_runs_through_to_predictions(site, tmp_path: Path, hea
     from_features, _ = recipe.predict_on_table(
         store, val, checkpoint, {"n_clips": 1}, features=features, progress=False
     )
-    from_pixels, _ = recipe.predict_on_table(store, val, checkpoint, {"n_clips": 1}, progress=False)
+    from_pixels, attention = recipe.predict_on_table(
+        store, val, checkpoint, {"n_clips": 1}, progress=False
+    )
     assert np.isfinite(from_features["EF_pred"]).all()
+    item = attention[val["FileName"].iloc[0]]  # MFL weights per backbone clip, placed
+    assert item["attention"].shape == item["frame_indices"].shape == (1, 4 // CLIP_FRAMES)
     # the same model either way (clip starts move to the feature grid: close, not equal)
     assert np.abs(from_features["EF_pred"] - from_pixels["EF_pred"]).max() < 5.0
 
@@ -204,7 +208,7 @@ def test_zero_shot_takes_clip_encoders_with_text_or_an_ef_head(site) -> None:
     np.testing.assert_allclose(by_head["EF_pred"], 40.0, atol=1e-4)
 
 
-def test_methods_that_do_not_apply_are_left_out_with_the_reason(
+def test_the_benchmark_runs_what_applies_and_leaves_out_the_rest(
     site, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, table, weights = site
@@ -224,6 +228,11 @@ def test_methods_that_do_not_apply_are_left_out_with_the_reason(
             cache_dir=tmp_path, progress=False,
         )  # fmt: skip
         zero_shot = benchmark.zero_shot_predictions(store, split, mute)
+        probe = benchmark.run_method(
+            "linear_probe", {"kind": "linear_probe"}, store, split, base=base,
+            pretrained_backbone=None, cache_dir=tmp_path, progress=False,
+        )  # fmt: skip
     assert zoomed.empty and zero_shot.empty
+    assert set(probe["role"]) == {"val", "test"} and probe["EF_pred"].notna().all()
     assert "cardiac_clip left out" in caplog.text and "EchoZoom" in caplog.text
     assert "zero-shot left out" in caplog.text and "neither a text tower" in caplog.text

@@ -12,6 +12,7 @@ splits, clips, schedule and evaluation. Kinds:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,24 @@ def check_methods(
         recipe.check_recipe(method_settings(method, base), where=f"{where}.")
 
 
+def _left_out_where_not_applicable(
+    run: Callable[..., pd.DataFrame],
+) -> Callable[..., pd.DataFrame]:
+    """``run`` that returns no predictions, with the reason logged, for a method that does
+    not apply to the backbone (``NotApplicable``)."""
+
+    @functools.wraps(run)
+    def run_or_leave_out(name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            return run(name, *args, **kwargs)
+        except NotApplicable as reason:
+            logger.warning("benchmark method %s left out: %s", name, reason)
+            return pd.DataFrame(columns=["FileName", "role", "EF_true", "EF_pred"])
+
+    return run_or_leave_out
+
+
+@_left_out_where_not_applicable
 def run_method(
     name: str,
     method: dict[str, Any],
@@ -117,36 +136,6 @@ def run_method(
     the backbone (EchoZoom on a clip encoder, prompts without a text tower) is left out
     with the reason logged: no predictions.
     """
-    try:
-        return _run_method(
-            name,
-            method,
-            store,
-            split,
-            base=base,
-            pretrained_backbone=pretrained_backbone,
-            cache_dir=cache_dir,
-            progress=progress,
-            features=features,
-        )
-    except NotApplicable as reason:
-        logger.warning("benchmark method %s left out: %s", name, reason)
-        return pd.DataFrame(columns=["FileName", "role", "EF_true", "EF_pred"])
-
-
-def _run_method(
-    name: str,
-    method: dict[str, Any],
-    store: ClipStore,
-    split: pd.DataFrame,
-    *,
-    base: dict[str, Any],
-    pretrained_backbone: str | None,
-    cache_dir: str | Path,
-    progress: bool,
-    features: Any,
-) -> pd.DataFrame:
-    """``run_method`` for a method that applies to the backbone."""
     kind = method_kind(name, method)
     settings = method_settings(method, base)
     train = split[split["role"] == "train"]

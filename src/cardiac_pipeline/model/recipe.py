@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
+from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model.backbone import brings_own_weights
@@ -623,7 +624,9 @@ def predict_on_table(
         if "frame_indices" not in item and "start" in item:
             period = effective_period(spec, store.entry(name).get("fps"))
             starts = np.asarray(item["start"]).reshape(-1, 1)
-            item["frame_indices"] = starts + period * np.arange(spec.frames)[None, :]
+            indices = starts + period * np.arange(spec.frames)[None, :]
+            attended = np.shape(item["attention"])[-1] if "attention" in item else spec.frames
+            item["frame_indices"] = attended_frames(indices, attended)
     return predictions, attention
 
 
