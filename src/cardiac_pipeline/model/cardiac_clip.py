@@ -9,6 +9,13 @@ clips [B, T, C, H, W] (uint8 or float in [0, 1]; C = 1 grey or 3)
      EF = sum_j softmax(logits)_j * value_j;
      ``linear`` head (regression baseline): EF = Linear(D, 1)(video).
 
+The backbone is any registered ``VideoEncoder`` (``nn.encoders``). Above is a frame
+encoder's path; on a clip encoder (``kind == "clip"``) the T frames are cut into clips of its
+``input_spec.clip_frames``, each embedded by the backbone and passed through an
+identity-initialised linear map (``nn.clip_embedding.ClipEmbedding``), and MFL pools the
+clip embeddings; EchoZoom (scales besides [1]) does not apply and is refused
+(``NotApplicable``), as is the prompt head on a backbone without a text tower.
+
 ``prompt_set`` picks the prompts: ``ranges`` (the paper's five LVEF-range prompts, values
 15/37/50/62/85) or ``values`` (the zero-shot prompts "... ESTIMATED TO BE X%" for X = 10..90,
 values X): with ``values`` the untrained model scores exactly like zero-shot EchoCLIP, so

@@ -16,6 +16,12 @@ video. "Frames the sampler can draw": clips take every ``p``-th frame (``p`` =
 grid frame at or before the usual evenly spaced starts. Pixel augmentation (pad and crop)
 cannot be applied to cached features and is not.
 
+A clip encoder (``kind == "clip"``) stores one embedding per backbone clip instead: the grid
+frames cut into consecutive clips of its ``clip_frames`` (the last one padded as
+``clips.pad_mode`` says), shape ``(G / clip_frames, 1, D)``, and the entry's ``step`` is the
+clip's stride in video frames; training clips then hold ``clips.frames / clip_frames`` of
+them, and MFL attends over those.
+
 Layout under ``root`` (one folder per ``feature_store_key``: weights' content digest, trunk
 architecture, scales, tile, interpolation, pixel normalisation, clip store, clip grid)::
 
