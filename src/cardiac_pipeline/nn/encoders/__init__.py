@@ -1,9 +1,12 @@
 """Backbones behind one interface (``base``), registered by name.
 
-Importing this package registers the backbones of its modules (one module per family).
+Every module of this package is imported here, so its ``@register_encoder`` builders are
+registered: a new backbone is one module in this folder and nothing else.
 """
 
-from cardiac_pipeline.nn.encoders import open_clip as _open_clip  # noqa: F401 (registers)
+import importlib
+import pkgutil
+
 from cardiac_pipeline.nn.encoders.base import (
     ENCODER_KINDS,
     FrameEncoder,
@@ -15,6 +18,9 @@ from cardiac_pipeline.nn.encoders.base import (
     list_encoders,
     register_encoder,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "ENCODER_KINDS",
