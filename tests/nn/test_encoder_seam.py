@@ -8,6 +8,7 @@ touched.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cardiac_pipeline.model.features import (
     feature_store_key,
     key_digest,
 )
+from cardiac_pipeline.model.predict import predict_folder
 from cardiac_pipeline.model.pretrain import zero_shot_predict
 from cardiac_pipeline.nn.encoders import (
     InputSpec,
@@ -168,6 +170,13 @@ def test_cached_adaptation_runs_through_to_predictions(site, tmp_path: Path, hea
     assert np.isfinite(from_features["EF_pred"]).all()
     item = attention[val["FileName"].iloc[0]]  # MFL weights per backbone clip, placed
     assert item["attention"].shape == item["frame_indices"].shape == (1, 4 // CLIP_FRAMES)
+    videos = tmp_path / "videos"  # predict on the AVI files themselves
+    videos.mkdir()
+    for name in val["FileName"]:
+        shutil.copy(store.root.parent / "echonet" / "Videos" / f"{name}.avi", videos)
+    predictions, failures, details = predict_folder(videos, checkpoint, n_clips=1, device="cpu")
+    assert failures.empty and len(predictions) == len(val)
+    assert predictions["EF_pred"].between(0, 100).all()
     # the same model either way (clip starts move to the feature grid: close, not equal)
     assert np.abs(from_features["EF_pred"] - from_pixels["EF_pred"]).max() < 5.0
 
