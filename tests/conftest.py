@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,39 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     return KedroProject(root)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any socket connection fails the test: the code path must stay offline."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def synthetic_clip_store(
+    root: Path, n_videos: int, *, seed: int, frames_range: tuple[int, int], site: str = "target"
+) -> tuple[Any, Any]:
+    """``n_videos`` short synthetic videos of ``site`` in a clip store under ``root``:
+    ``(ClipStore, video index)`` (the index has FileName and EF)."""
+    from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store
+    from cardiac_pipeline.echo.echonet import build_video_index
+    from cardiac_pipeline.echo.synthetic import generate_dataset
+
+    generate_dataset(
+        root / "echonet",
+        n_train=n_videos,
+        n_val=0,
+        n_test=0,
+        seed=seed,
+        site=site,
+        workers=1,
+        progress=False,
+        site_overrides={"frames_range": frames_range},
+    )
+    index, _ = build_video_index(root / "echonet", min_frames=8, progress=False)
+    build_clip_store(index, root / "store", size=112, workers=1, progress=False)
+    return ClipStore(root / "store"), index

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,15 +28,6 @@ def _quiet_open_clip() -> Iterator[None]:
     root.setLevel(logging.ERROR)  # open_clip warns "initialized randomly" for every small model
     yield
     root.setLevel(level)
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cardiac_pipeline.model.backbone import create_backbone
-from cardiac_pipeline.model.cardiac_clip import CardiacCLIP, TextTower, param_groups
+from cardiac_pipeline.model.cardiac_clip import CardiacCLIP, param_groups
 from cardiac_pipeline.model.losses import cardiac_clip_loss
 from cardiac_pipeline.model.prompts import (
     BIN_VALUES,
@@ -20,6 +20,7 @@ from cardiac_pipeline.model.prompts import (
     zero_shot_ef,
     zero_shot_ef_prompts,
 )
+from cardiac_pipeline.nn.encoders.open_clip import TextTower
 
 LRS = {"image_tower": 1e-4, "text_tower": 2e-4, "mfl": 3e-4, "head": 4e-4}
 

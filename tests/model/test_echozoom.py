@@ -14,9 +14,9 @@ from cardiac_pipeline.model.echozoom import (
     EchoZoom,
     PixelNormalize,
     cut_into_tiles,
-    feature_trunk,
     stitch_tiles,
 )
+from cardiac_pipeline.nn.encoders.open_clip import feature_trunk
 
 
 @pytest.fixture(autouse=True)

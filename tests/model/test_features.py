@@ -28,6 +28,7 @@ from cardiac_pipeline.model.features import (
 )
 from cardiac_pipeline.model.mfl import AttentionPool, TemporalPool, clip_spread
 from cardiac_pipeline.model.pretrain import pretrain_clip, zero_shot_predict
+from cardiac_pipeline.nn.encoders import create_encoder
 
 ARCH = "echo-convnext-tiny"
 CLIPS = {"frames": 4, "period": 2, "target_fps": None, "pad_mode": "zero", "val_clips": 1}
@@ -220,7 +221,7 @@ def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
 def test_calibrated_start_scores_like_zero_shot(site) -> None:
     store, table, path = site
     table = table.iloc[:6]
-    backbone = create_backbone(ARCH, pretrained=str(path))
+    backbone = create_encoder(ARCH, weights=str(path))
     zero_shot = zero_shot_predict(backbone, store, table, frames=4, period=2, n_clips=1)
     ef = table["EF"].to_numpy()
     zero_shot_mae = np.abs(zero_shot["EF_pred"].to_numpy() - ef).mean()

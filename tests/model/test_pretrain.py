@@ -21,6 +21,7 @@ from cardiac_pipeline.model.pretrain import (
     save_pretrained_checkpoint,
     zero_shot_predict,
 )
+from cardiac_pipeline.nn.encoders.open_clip import OpenClipEncoder
 
 ARCH = "echo-vit-tiny"
 
@@ -126,11 +127,19 @@ def test_zero_shot_after_pretraining_and_checkpoint_round_trip(
 ) -> None:
     store, table = corpus
     backbone, model, history = pretrained
-    predictions = zero_shot_predict(backbone, store, table, frames=4, period=4, n_clips=2)
+    predictions = zero_shot_predict(
+        OpenClipEncoder(ARCH, backbone), store, table, frames=4, period=4, n_clips=2
+    )
     assert predictions["FileName"].tolist() == table["FileName"].tolist()
     assert predictions["EF_pred"].between(0, 100).all()
     per_frame = zero_shot_predict(
-        backbone, store, table.iloc[:3], frames=4, period=4, n_clips=1, mode="frame"
+        OpenClipEncoder(ARCH, backbone),
+        store,
+        table.iloc[:3],
+        frames=4,
+        period=4,
+        n_clips=1,
+        mode="frame",
     )
     assert per_frame["EF_pred"].between(0, 100).all()
 
@@ -141,7 +150,9 @@ def test_zero_shot_after_pretraining_and_checkpoint_round_trip(
     loaded = create_backbone(ARCH, pretrained=str(path))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value.cpu()), key
-    again = zero_shot_predict(loaded, store, table, frames=4, period=4, n_clips=2)
+    again = zero_shot_predict(
+        OpenClipEncoder(ARCH, loaded), store, table, frames=4, period=4, n_clips=2
+    )
     assert again["EF_pred"].tolist() == pytest.approx(predictions["EF_pred"].tolist())
     assert read_checkpoint_meta(tmp_path / "missing.pt") is None
 

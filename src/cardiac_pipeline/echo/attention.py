@@ -48,3 +48,13 @@ def attention_summary(
                     at_phase[key].append(clip_weights[nearest] * count)
     values = {"mfl_entropy": entropy, "mfl_peak": peak, **at_phase}
     return {key: float(np.mean(values[key])) if values[key] else math.nan for key in ATTENTION_KEYS}
+
+
+def attended_frames(frame_indices: np.ndarray, n_attended: int) -> np.ndarray:
+    """Frame numbers ``(N, T)`` of clips -> those of what MFL attended over ``(N, n)``.
+
+    A frame encoder's MFL attends over the T frames (unchanged); a clip encoder's over its
+    n backbone clips of T / n frames each, each placed at its first frame.
+    """
+    width = frame_indices.shape[-1]
+    return frame_indices if width == n_attended else frame_indices[..., :: width // n_attended]

@@ -12,6 +12,8 @@ splits, clips, schedule and evaluation. Kinds:
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,10 @@ from cardiac_pipeline.echo.kshot import EVALUATED_ROLES
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.prediction_cache import PredictionCache
+from cardiac_pipeline.nn.encoders import NotApplicable, VideoEncoder, create_encoder
 from cardiac_pipeline.params import check_keys
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
 SECTIONS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
@@ -90,6 +95,24 @@ def check_methods(
         recipe.check_recipe(method_settings(method, base), where=f"{where}.")
 
 
+def _left_out_where_not_applicable(
+    run: Callable[..., pd.DataFrame],
+) -> Callable[..., pd.DataFrame]:
+    """``run`` that returns no predictions, with the reason logged, for a method that does
+    not apply to the backbone (``NotApplicable``)."""
+
+    @functools.wraps(run)
+    def run_or_leave_out(name: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            return run(name, *args, **kwargs)
+        except NotApplicable as reason:
+            logger.warning("benchmark method %s left out: %s", name, reason)
+            return pd.DataFrame(columns=["FileName", "role", "EF_true", "EF_pred"])
+
+    return run_or_leave_out
+
+
+@_left_out_where_not_applicable
 def run_method(
     name: str,
     method: dict[str, Any],
@@ -109,26 +132,17 @@ def run_method(
     calibration residuals give the method's conformal interval whose TEST coverage the
     benchmark reports. ``features``: the
     frame-feature store shared by every method adapted on cached features
-    (``training.adaptation``) and by their predictions.
+    (``training.adaptation``) and by their predictions. A method that does not apply to
+    the backbone (EchoZoom on a clip encoder, prompts without a text tower) is left out
+    with the reason logged: no predictions.
     """
     kind = method_kind(name, method)
     settings = method_settings(method, base)
     train = split[split["role"] == "train"]
     uses_pretrained = method.get("pretrained", kind in ("zero_shot", "linear_probe"))
-    if uses_pretrained and not pretrained_backbone:
-        raise ValueError(
-            f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
-        )
-    settings["backbone"] = recipe.with_pretrained(
-        {
-            **settings["backbone"],
-            "pretrained": recipe.PRETRAIN_CHECKPOINT if uses_pretrained else None,
-        },
-        pretrained_backbone,
+    settings["backbone"] = _method_backbone(
+        name, settings["backbone"], bool(uses_pretrained), pretrained_backbone
     )
-    if not uses_pretrained and brings_own_weights(settings["backbone"]["name"]):
-        # a bare architecture with pretrained null already starts from random
-        settings["backbone"]["load_weights"] = False
     device = settings["training"].get("device", "auto")
 
     if kind == "zero_shot":
@@ -202,6 +216,27 @@ def run_method(
     return _with_roles(split, predict)
 
 
+def _method_backbone(
+    name: str, backbone: dict[str, Any], uses_pretrained: bool, pretrained_backbone: str | None
+) -> dict[str, Any]:
+    """The method's backbone section: pretrained methods start from the recipe's weights
+    (a file or a foundation model's folder) or else the pretrain pipeline's checkpoint;
+    the others from random weights (of the same architecture: ``load_weights: false``)."""
+    own = backbone.get("pretrained")
+    own = None if own is None or str(own) == recipe.PRETRAIN_CHECKPOINT else own
+    if not uses_pretrained:
+        if own is not None or brings_own_weights(backbone["name"]):
+            return {**backbone, "pretrained": own, "load_weights": False}
+        return {**backbone, "pretrained": None}
+    if own is None and not pretrained_backbone:
+        raise ValueError(
+            f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
+        )
+    return recipe.with_pretrained(
+        {**backbone, "pretrained": own or recipe.PRETRAIN_CHECKPOINT}, pretrained_backbone
+    )
+
+
 def _with_roles(
     split: pd.DataFrame, predict: Callable[[pd.DataFrame], pd.DataFrame]
 ) -> pd.DataFrame:
@@ -212,28 +247,32 @@ def _with_roles(
     return pd.concat(parts, ignore_index=True)[["FileName", "role", "EF_true", "EF_pred"]]
 
 
-def _pretrained(settings: dict[str, Any]):
-    from cardiac_pipeline.model.backbone import create_backbone
-
-    return create_backbone(settings["backbone"]["name"], settings["backbone"]["pretrained"])
+def _pretrained(settings: dict[str, Any]) -> VideoEncoder:
+    return create_encoder(settings["backbone"]["name"], settings["backbone"]["pretrained"])
 
 
 def zero_shot_predictions(
     store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]
 ) -> pd.DataFrame:
-    """``FileName, EF_true, EF_pred`` of the pretrained CLIP's zero-shot prompts (no labels)."""
+    """``FileName, EF_true, EF_pred`` of the pretrained backbone's zero-shot prompts (no
+    labels; its own EF head without a text tower); empty, with the reason logged, for a
+    backbone with neither."""
     from cardiac_pipeline.model.pretrain import zero_shot_predict
 
     clips, evaluation = settings["clips"], settings["evaluation"]
-    table = zero_shot_predict(
-        _pretrained(settings),
-        store,
-        test,
-        frames=int(clips["frames"]),
-        period=int(clips["period"]),
-        target_fps=clips.get("target_fps"),
-        n_clips=int(evaluation.get("n_clips", 2)),
-    )
+    try:
+        table = zero_shot_predict(
+            _pretrained(settings),
+            store,
+            test,
+            frames=int(clips["frames"]),
+            period=int(clips["period"]),
+            target_fps=clips.get("target_fps"),
+            n_clips=int(evaluation.get("n_clips", 2)),
+        )
+    except NotApplicable as reason:
+        logger.warning("zero-shot left out: %s", reason)
+        return pd.DataFrame(columns=["FileName", "EF_true", "EF_pred"])
     return table.merge(test[["FileName", "EF"]].rename(columns={"EF": "EF_true"}), on="FileName")[
         ["FileName", "EF_true", "EF_pred"]
     ]

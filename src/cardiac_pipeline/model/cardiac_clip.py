@@ -9,6 +9,13 @@ clips [B, T, C, H, W] (uint8 or float in [0, 1]; C = 1 grey or 3)
      EF = sum_j softmax(logits)_j * value_j;
      ``linear`` head (regression baseline): EF = Linear(D, 1)(video).
 
+The backbone is any registered ``VideoEncoder`` (``nn.encoders``). Above is a frame
+encoder's path; on a clip encoder (``kind == "clip"``) the T frames are cut into clips of its
+``input_spec.clip_frames``, each embedded by the backbone and passed through an
+identity-initialised linear map (``nn.clip_embedding.ClipEmbedding``), and MFL pools the
+clip embeddings; EchoZoom (scales besides [1]) does not apply and is refused
+(``NotApplicable``), as is the prompt head on a backbone without a text tower.
+
 ``prompt_set`` picks the prompts: ``ranges`` (the paper's five LVEF-range prompts, values
 15/37/50/62/85) or ``values`` (the zero-shot prompts "... ESTIMATED TO BE X%" for X = 10..90,
 values X): with ``values`` the untrained model scores exactly like zero-shot EchoCLIP, so
@@ -43,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cardiac_pipeline.model.backbone import Backbone
-from cardiac_pipeline.model.echozoom import EchoZoom, PixelNormalize, feature_trunk
+from cardiac_pipeline.model.echozoom import EchoZoom, PixelNormalize
 from cardiac_pipeline.model.mfl import AttentionPool, MeanPool, TemporalPool
 from cardiac_pipeline.model.prompts import (
     BIN_VALUES,
@@ -52,6 +59,8 @@ from cardiac_pipeline.model.prompts import (
     ef_to_bin,
     zero_shot_ef_prompts,
 )
+from cardiac_pipeline.nn.clip_embedding import ClipEmbedding
+from cardiac_pipeline.nn.encoders.base import NotApplicable, VideoEncoder
 
 PARAM_GROUP_NAMES: tuple[str, ...] = ("image_tower", "text_tower", "mfl", "head")
 POOLINGS = ("attention", "mean", "temporal")
@@ -80,75 +89,12 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-class TextTower(nn.Module):
-    """The text half of an open_clip model, held without its image tower.
-
-    For the standard ``CLIP`` class the text modules live on the model itself; they are taken
-    over here under the same names (so checkpoints keep their keys) and run by this module's
-    own forward: open_clip's ``CLIP.encode_text`` is a method of ``CLIP``, not of this tower.
-    """
-
-    POOL_TYPES = ("argmax", "eos", "first", "last")
-
-    def __init__(self, clip_model: nn.Module):
-        super().__init__()
-        self.custom_text = hasattr(clip_model, "text")
-        if self.custom_text:  # CustomTextCLIP / CoCa: a separate text module with its forward
-            self.text = clip_model.text
-            return
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.text_pool_type = clip_model.text_pool_type
-        self.text_eos_id = getattr(clip_model, "text_eos_id", None)
-        if self.text_pool_type not in self.POOL_TYPES:
-            raise ValueError(
-                f"text pool type {self.text_pool_type!r} of this backbone is not supported; "
-                f"use an architecture whose text_cfg.pool_type is one of {self.POOL_TYPES}"
-            )
-        if self.text_pool_type == "eos" and self.text_eos_id is None:
-            raise ValueError("text pool type 'eos' needs the backbone's text eos_id; it has none")
-        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
-
-    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """One vector per prompt: the end-of-text token's (argmax: EOT has the highest id)."""
-        if self.text_pool_type == "first":
-            return x[:, 0]
-        if self.text_pool_type == "last":
-            return x[:, -1]
-        if self.text_pool_type == "argmax":
-            index = tokens.argmax(dim=-1)
-        else:  # "eos": the first position holding the tokenizer's end-of-sequence id
-            index = (tokens == self.text_eos_id).int().argmax(dim=-1)
-        return x[torch.arange(x.shape[0], device=x.device), index]
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids [N, context] -> text embeddings [N, embed_dim] (not normalised)."""
-        if self.custom_text:
-            return self.text(tokens)
-        cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(tokens).to(cast_dtype)  # [N, context, width]
-        x = x + self.positional_embedding.to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)  # causal mask: tokens see only the past
-        x = self._pool(self.ln_final(x), tokens)
-        if self.text_projection is None:
-            return x
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x @ self.text_projection
-
-
 class CardiacCLIP(nn.Module):
     """Few-shot LVEF model; see the module docstring. Takes the backbone model over."""
 
     def __init__(
         self,
-        backbone_model: nn.Module,
-        tokenizer: Callable[..., torch.Tensor],
-        mean: Sequence[float],
-        std: Sequence[float],
+        encoder: VideoEncoder,
         *,
         scales: Sequence[int] = (1, 2),
         tile: int = 112,
@@ -185,11 +131,17 @@ class CardiacCLIP(nn.Module):
         bin_values = BIN_VALUES if bin_values is None else bin_values
         if len(prompts) != len(bin_values):
             raise ValueError(f"{len(prompts)} prompts but {len(bin_values)} bin values")
+        if head == "prompt" and not encoder.has_text:
+            raise NotApplicable(
+                f"cardiac_clip.head: 'prompt' needs a text tower, and backbone {encoder.name!r} "
+                "has none; fix: set cardiac_clip.head: linear"
+            )
         self.head = head
+        self.kind = encoder.kind
         self.channels_last = channels_last
-        self.normalize = PixelNormalize(mean, std)
-        self.text_encoder = TextTower(backbone_model)
-        self.register_buffer("logit_scale", backbone_model.logit_scale.detach().clone().reshape(()))
+        self.normalize = PixelNormalize(encoder.input_spec.mean, encoder.input_spec.std)
+        self.text_encoder, tokens = _text_tower(encoder, prompts)
+        self.register_buffer("logit_scale", encoder.logit_scale().detach().clone().reshape(()))
         self.register_buffer("bin_values", torch.tensor(list(bin_values), dtype=torch.float32))
         # which of the five range bins each prompt's value falls in (ranges: prompt j is bin j)
         value_bins = (
@@ -199,10 +151,10 @@ class CardiacCLIP(nn.Module):
         self.register_buffer("prior_offset", torch.zeros(len(prompts)), persistent=False)
         self.prompt_set = prompt_set
         self.prompts = tuple(prompts)
-        self.register_buffer("prompt_tokens", tokenizer(list(self.prompts)), persistent=False)
+        self.register_buffer("prompt_tokens", tokens, persistent=False)
         with _seeded(seed):
-            self.image_encoder = EchoZoom(
-                feature_trunk(backbone_model.visual), scales, tile, interpolation=interpolation
+            self.image_encoder = IMAGE_ENCODERS[encoder.kind](
+                encoder, tuple(scales), tile, interpolation
             )
             dim = self.image_encoder.embed_dim
             if pooling == "attention":
@@ -234,8 +186,10 @@ class CardiacCLIP(nn.Module):
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, **kwargs: Any) -> CardiacCLIP:
-        """Build from ``create_backbone(...)``'s result."""
-        return cls(backbone.model, backbone.tokenizer, backbone.mean, backbone.std, **kwargs)
+        """Build from ``create_backbone(...)``'s result (an open_clip model)."""
+        from cardiac_pipeline.nn.encoders.open_clip import OpenClipEncoder
+
+        return cls(OpenClipEncoder("open_clip", backbone), **kwargs)
 
     def _clear_text_cache(self) -> None:
         self._text_cache = None
@@ -268,18 +222,20 @@ class CardiacCLIP(nn.Module):
         return cache
 
     def encode_frames(self, clips: torch.Tensor) -> torch.Tensor:
-        """Frame embeddings [B, T, D] of clips [B, T, C, H, W] (before L2 normalisation)."""
+        """Frame embeddings [B, T, D] of clips [B, T, C, H, W] (before L2 normalisation);
+        for a clip encoder one embedding per backbone clip: [B, T / clip_frames, D]."""
         return self.image_encoder.embed(self.pooled_features(clips))
 
     def pooled_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """The frozen-trunk part: pooled multi-scale features [B, T, S*C] of clips [B, T, C, H, W]."""
+        """The frozen-trunk part of clips [B, T, C, H, W]: pooled multi-scale features
+        [B, T, S*C] (frame encoder) or clip embeddings [B, T / clip_frames, D] (clip encoder)."""
         if clips.dim() != 5:
             raise ValueError(f"clips must be [B, T, C, H, W], got {tuple(clips.shape)}")
         b, t, c, h, w = clips.shape
         frames = self.normalize(clips.reshape(b * t, c, h, w))
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        return self.image_encoder.pooled_features(frames).reshape(b, t, -1)
+        return self.image_encoder.video_features(frames.reshape(b, t, *frames.shape[1:]))
 
     def forward(self, clips: torch.Tensor, mask: torch.Tensor | None = None) -> CardiacCLIPOutput:
         """``mask`` [B, T] (True = real frame) keeps padded frames out of the pooling."""
@@ -308,6 +264,59 @@ class CardiacCLIP(nn.Module):
         return CardiacCLIPOutput(ef=ef, logits=logits, attention=attention, video_embedding=video)
 
 
+def _echozoom(
+    encoder: VideoEncoder, scales: tuple[int, ...], tile: int, interpolation: str
+) -> nn.Module:
+    """A frame encoder's trunk under EchoZoom (multi-scale frames, the tower's head)."""
+    return EchoZoom(encoder.feature_trunk(), scales, tile, interpolation=interpolation)
+
+
+def _clip_embedding(
+    encoder: VideoEncoder, scales: tuple[int, ...], tile: int, interpolation: str
+) -> nn.Module:
+    """A clip encoder's clip embeddings; EchoZoom (scales besides 1) does not apply."""
+    if tuple(int(s) for s in scales) != (1,):
+        raise NotApplicable(
+            f"cardiac_clip.scales: {list(scales)} asks for EchoZoom, which needs a frame "
+            f"encoder; backbone {encoder.name!r} embeds whole clips; fix: set "
+            "cardiac_clip.scales: [1]"
+        )
+    return ClipEmbedding(encoder)
+
+
+IMAGE_ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "frame": _echozoom,
+    "clip": _clip_embedding,
+}
+
+
+class EncoderText(nn.Module):
+    """The text tower of an encoder that embeds strings itself (``encode_text``).
+
+    Its "tokens" are prompt indices. It holds no parameters: they stay the encoder's.
+    """
+
+    def __init__(self, encoder: VideoEncoder, prompts: Sequence[str]) -> None:
+        super().__init__()
+        object.__setattr__(self, "encoder", encoder)  # owned by the image side
+        self.prompts = tuple(prompts)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_text([self.prompts[int(i)] for i in tokens.tolist()])
+
+
+def _text_tower(
+    encoder: VideoEncoder, prompts: Sequence[str]
+) -> tuple[nn.Module | None, torch.Tensor]:
+    """The module that embeds the prompts and their tokens (None and no tokens: no text)."""
+    if not encoder.has_text:
+        return None, torch.zeros(0, dtype=torch.long)
+    tower = encoder.text_tower()
+    if tower is None:
+        return EncoderText(encoder, prompts), torch.arange(len(prompts))
+    return tower, encoder.tokenize(list(prompts))
+
+
 def _bin_logits(logits: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
     """logsumexp of the logits [B, V] over the values of each bin: [B, n_bins]."""
     out = logits.new_full((logits.shape[0], n_bins), float("-inf"))
@@ -333,7 +342,7 @@ def param_groups(
     """
     modules: dict[str, list[nn.Module]] = {
         "image_tower": [model.image_encoder.trunk],
-        "text_tower": [model.text_encoder],
+        "text_tower": [model.text_encoder] if model.text_encoder is not None else [],
         "mfl": [model.mfl],
         "head": [model.image_encoder.norm, model.image_encoder.proj]
         + ([model.regressor] if model.regressor is not None else []),

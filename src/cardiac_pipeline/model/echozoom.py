@@ -9,7 +9,8 @@ map) and a linear projection then give the frame embedding. ``pooled_features`` 
 before the norm: that is what the frame-feature cache (``model/features.py``) stores, and
 ``embed`` is the trainable part that turns it into the embedding.
 
-The trunk is the backbone's image tower cut before its pooling head. The head (norm +
+The trunk is the backbone's image tower cut before its pooling head (the frame encoder's
+``feature_trunk()``: each tower type brings its own adapter). The head (norm +
 projection) moves into EchoZoom: the new norm and projection are initialised from it
 (norm weights repeated per scale; the scale-1 block of the projection is the tower's, the
 other scales' blocks start at zero), so EchoZoom reproduces the tower's own pooled
@@ -25,24 +26,12 @@ split evenly over the scales instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from open_clip.timm_model import TimmModel
-from open_clip.transformer import VisionTransformer
 from torch import nn
 
-
-@dataclass(frozen=True)
-class TowerHead:
-    """The pooling head of an image tower: LayerNorm over channels, then a linear projection."""
-
-    norm_weight: torch.Tensor | None  # [C]
-    norm_bias: torch.Tensor | None  # [C]
-    norm_eps: float
-    proj_weight: torch.Tensor | None  # [D, C] (nn.Linear layout)
-    proj_bias: torch.Tensor | None  # [D]
+from cardiac_pipeline.nn.encoders.base import TowerHead
 
 
 class PixelNormalize(nn.Module):
@@ -74,95 +63,6 @@ class PixelNormalize(nn.Module):
         if not frames.is_floating_point():
             x = x / 255.0
         return (x - self.mean) / self.std
-
-
-class TimmFeatureTrunk(nn.Module):
-    """An open_clip timm tower (e.g. ConvNeXt) cut before pooling: image -> NCHW feature map.
-
-    Takes the tower over: the timm classifier head is removed (its norm and the open_clip
-    projection are kept in ``tower_head`` for EchoZoom to start from).
-    """
-
-    def __init__(self, visual: TimmModel):
-        super().__init__()
-        trunk = visual.trunk
-        norm = getattr(getattr(trunk, "head", None), "norm", None)
-        proj = getattr(visual.head, "proj", None)
-        pooled_by_avg = "pool" not in dict(visual.head.named_children())
-        linear = proj if isinstance(proj, nn.Linear) and pooled_by_avg else None
-        self.tower_head = TowerHead(
-            norm_weight=_clone(getattr(norm, "weight", None)),
-            norm_bias=_clone(getattr(norm, "bias", None)),
-            norm_eps=float(getattr(norm, "eps", 1e-6)),
-            proj_weight=_clone(linear.weight) if linear is not None else None,
-            proj_bias=_clone(linear.bias) if linear is not None else None,
-        )
-        if hasattr(trunk, "prune_intermediate_layers"):
-            trunk.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
-        else:
-            trunk.reset_classifier(0, global_pool="")
-        self.trunk = trunk
-        self.num_features = int(trunk.num_features)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk.forward_features(images)
-
-
-class ViTFeatureTrunk(nn.Module):
-    """An open_clip VisionTransformer cut before pooling: image -> patch tokens as a grid map.
-
-    The class token still takes part in attention; only patch tokens form the map. The
-    tower's final LayerNorm and projection move to ``tower_head``. With ``pool_type: avg``
-    and ``final_ln_after_pool: true`` (our ``echo-vit-tiny``) EchoZoom at scale 1 equals the
-    tower exactly; with class-token pooling it is a close start, not an exact one.
-    """
-
-    def __init__(self, visual: VisionTransformer):
-        super().__init__()
-        if not isinstance(visual.patch_dropout, nn.Identity):
-            raise ValueError(
-                "ViTFeatureTrunk needs patch_dropout = 0 (dropped patches break the grid)."
-            )
-        if visual.attn_pool is not None:
-            raise ValueError("ViTFeatureTrunk does not support attentional pooling towers.")
-        proj = visual.proj
-        self.tower_head = TowerHead(
-            norm_weight=_clone(getattr(visual.ln_post, "weight", None)),
-            norm_bias=_clone(getattr(visual.ln_post, "bias", None)),
-            norm_eps=float(getattr(visual.ln_post, "eps", 1e-5)),
-            proj_weight=_clone(proj.t()) if proj is not None else None,
-            proj_bias=None,
-        )
-        visual.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=True)
-        self.visual = visual
-        self.num_features = int(visual.transformer.width)
-        self.image_size = tuple(visual.image_size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(
-                f"ViT tower expects {self.image_size} tiles, got {tuple(images.shape[-2:])}; "
-                "set EchoZoom tile to the tower's image_size."
-            )
-        out = self.visual.forward_intermediates(
-            images, indices=1, intermediates_only=True, output_fmt="NCHW"
-        )
-        return out["image_intermediates"][-1]
-
-
-def _clone(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.detach().clone()
-
-
-def feature_trunk(visual: nn.Module) -> nn.Module:
-    """Wrap an open_clip image tower (timm ConvNeXt or VisionTransformer) as a feature-map trunk."""
-    if isinstance(visual, TimmModel):
-        return TimmFeatureTrunk(visual)
-    if isinstance(visual, VisionTransformer):
-        return ViTFeatureTrunk(visual)
-    raise TypeError(
-        f"EchoZoom supports open_clip timm towers and VisionTransformer, not {type(visual).__name__}."
-    )
 
 
 def cut_into_tiles(images: torch.Tensor, scale: int, tile: int) -> torch.Tensor:
@@ -210,6 +110,8 @@ class EchoZoom(nn.Module):
     tower's own pooling head (avg pool, norm, projection), initialised from the tower.
     All tiles of all scales go through the trunk in one batch.
     """
+
+    frames_per_feature = 1  # one pooled feature per frame (a clip encoder's: per clip)
 
     def __init__(
         self,
@@ -297,6 +199,20 @@ class EchoZoom(nn.Module):
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
         """Frame embeddings [..., D] from pooled features [..., len(scales)*C]."""
         return self.proj(self.norm(pooled))
+
+    def feature_key(self) -> dict[str, object]:
+        """What the cached pooled features depend on besides the weights and the pixels."""
+        return {
+            "trunk": type(self.trunk).__name__,
+            "scales": list(self.scales),
+            "tile": self.tile,
+            "interpolation": self.interpolation,
+        }
+
+    def video_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, T, S*C] of normalised frames [B, T, 3, H, W] (one per frame)."""
+        b, t = frames.shape[:2]
+        return self.pooled_features(frames.flatten(0, 1)).reshape(b, t, -1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(self.pooled_features(images))

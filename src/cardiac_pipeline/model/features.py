@@ -16,6 +16,12 @@ video. "Frames the sampler can draw": clips take every ``p``-th frame (``p`` =
 grid frame at or before the usual evenly spaced starts. Pixel augmentation (pad and crop)
 cannot be applied to cached features and is not.
 
+A clip encoder (``kind == "clip"``) stores one embedding per backbone clip instead: the grid
+frames cut into consecutive clips of its ``clip_frames`` (the last one padded as
+``clips.pad_mode`` says), shape ``(G / clip_frames, 1, D)``, and the entry's ``step`` is the
+clip's stride in video frames; training clips then hold ``clips.frames / clip_frames`` of
+them, and MFL attends over those.
+
 Layout under ``root`` (one folder per ``feature_store_key``: weights' content digest, trunk
 architecture, scales, tile, interpolation, pixel normalisation, clip store, clip grid)::
 
@@ -48,6 +54,7 @@ from torch.utils.data import Dataset
 
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period, eval_clip_starts
 from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.prediction_cache import weights_digest
 
@@ -96,23 +103,43 @@ def feature_precision(amp: str, device: torch.device) -> str:
 def feature_store_key(
     model: CardiacCLIP, clip_store: ClipStore, spec: ClipSpec, arch: str, precision: str = "fp32"
 ) -> dict:
-    """Everything the stored features depend on (its hash names the store's folder)."""
-    zoom = model.image_encoder
-    return {
+    """Everything the stored features depend on (its hash names the store's folder).
+
+    ``arch`` names the backbone; its image side (EchoZoom, or a clip encoder's
+    ``ClipEmbedding``) adds what its features depend on (``feature_key``). A clip
+    encoder's store also depends on how a video's last, partial clip is padded.
+    """
+    encoder = model.image_encoder
+    unit = int(encoder.frames_per_feature)
+    key = {
         "format": FEATURE_FORMAT,
         "arch": str(arch),
         "precision": str(precision),
-        "trunk": type(zoom.trunk).__name__,
-        "weights": weights_digest(zoom.trunk),
-        "scales": list(zoom.scales),
-        "tile": zoom.tile,
-        "interpolation": zoom.interpolation,
+        **encoder.feature_key(),
+        "weights": weights_digest(encoder.trunk),
         "mean": [round(float(v), 8) for v in model.normalize.mean.flatten()],
         "std": [round(float(v), 8) for v in model.normalize.std.flatten()],
         "clip_store": clip_store.root.name,
         "period": int(spec.period),
         "target_fps": spec.target_fps,
     }
+    if unit > 1:
+        key.update({"frames_per_feature": unit, "pad_mode": spec.pad_mode})
+    return key
+
+
+def frames_per_feature(key: Mapping[str, Any]) -> int:
+    """Video frames behind one stored feature: 1 (a frame), or a clip encoder's clip length."""
+    return int(key.get("frames_per_feature", 1))
+
+
+def whole_clips(grid: np.ndarray, unit: int, pad_mode: str) -> np.ndarray:
+    """``grid`` frames padded to whole clips of ``unit`` (zeros, or the last frame: ``edge``)."""
+    missing = -len(grid) % unit
+    if not missing:
+        return grid
+    fill = grid[-1:] if pad_mode == "edge" else np.zeros_like(grid[:1])
+    return np.concatenate([grid, np.repeat(fill, missing, axis=0)])
 
 
 def key_digest(key: Mapping[str, Any]) -> str:
@@ -191,9 +218,12 @@ def _is_current(features: FeatureStore, name: str, checksum: str) -> bool:
 def _encode(
     model: CardiacCLIP, frames: np.ndarray, batch_frames: int, precision: str = "fp32"
 ) -> np.ndarray:
-    """``(N, C, H, W)`` uint8 frames -> ``(N, S, C)`` float16 pooled features."""
+    """``(N, C, H, W)`` uint8 frames -> ``(N / u, S, C)`` float16 pooled features (u: the
+    frames per feature, a clip encoder's clip length; N a multiple of it)."""
     out = []
     scales, channels = len(model.image_encoder.scales), model.image_encoder.num_features
+    unit = int(model.image_encoder.frames_per_feature)
+    batch_frames = max(unit, batch_frames // unit * unit)
     device = model.bin_values.device
     bf16 = precision == "bf16"
     for start in range(0, frames.shape[0], batch_frames):
@@ -250,12 +280,13 @@ def _build(
     if not names:
         raise ValueError("build_feature_store: no videos to encode")
     precision = str(key.get("precision", "fp32"))
+    unit = frames_per_feature(key)
     key_bytes = json.dumps(dict(key), sort_keys=True, indent=1).encode()
     atomic_write(root / "key.json", lambda f: f.write(key_bytes), fsync=False)
     if not (root / "pad.npy").is_file():
         first = clip_store.entry(names[0])
         size = (int(first["channels"]), int(first["height"]), int(first["width"]))
-        pad = _encode(model, np.zeros((1, *size), dtype=np.uint8), 1, precision)[0]
+        pad = _encode(model, np.zeros((unit, *size), dtype=np.uint8), unit, precision)[0]
         atomic_write(root / "pad.npy", lambda f: np.save(f, pad, allow_pickle=False), fsync=False)
     todo = [n for n in names if not _is_current(features, n, clip_store.entry(n)["checksum"])]
     started, n_frames = time.perf_counter(), 0
@@ -264,7 +295,7 @@ def _build(
         video = clip_store.load(name, mmap=True)
         step = effective_period(spec, source.get("fps"))
         grid = np.asarray(video[::step])
-        array = _encode(model, grid, batch_frames, precision)
+        array = _encode(model, whole_clips(grid, unit, spec.pad_mode), batch_frames, precision)
         n_frames += len(grid)
         for stale in (features.entry_path(name), features.npy_path(name)):
             with contextlib.suppress(FileNotFoundError):
@@ -277,7 +308,7 @@ def _build(
         entry = {
             "format": FEATURE_FORMAT,
             "frames": int(video.shape[0]),
-            "step": int(step),
+            "step": int(step) * unit,
             "shape": list(array.shape),
             "checksum": source["checksum"],
         }
@@ -320,6 +351,8 @@ class FeatureClipDataset(Dataset):
     ``n_eval_clips`` evenly spaced starts, each moved back to the grid): a pooled feature
     map is a ``S*C x 1 x 1`` map. ``scales`` picks the model's scales out of the store's.
     ``start`` holds the clip start frames (video frame numbers), as ``EchoClipDataset``.
+    A clip encoder's store holds one embedding per backbone clip (``frames_per_feature``
+    grid frames): T is then ``clips.frames`` over that clip length, as in its forward.
     Each video's features (its scales, float32) are read once and kept: a dataset holds one
     model's videos, not the store, and reopening the memory map per item cost a third of a
     cached training run.
@@ -355,6 +388,13 @@ class FeatureClipDataset(Dataset):
                 f"frame-feature store (it has {stored}); build it with those scales"
             )
         self.scale_index = [stored.index(s) for s in scales]
+        unit = frames_per_feature(features.key)
+        if spec.frames % unit:
+            raise UserError(
+                f"clips.frames: {spec.frames} is not a multiple of the backbone's clip length "
+                f"{unit}; fix: set clips.frames to a multiple of it"
+            )
+        self.frames = spec.frames // unit  # stored features per clip
         self.spec = spec
         self.train = train
         self.n_eval_clips = n_eval_clips
@@ -389,7 +429,7 @@ class FeatureClipDataset(Dataset):
         return grid
 
     def _clip(self, grid: np.ndarray, start: int) -> np.ndarray:
-        t = self.spec.frames
+        t = self.frames
         index = start + np.arange(t)
         inside = index < grid.shape[0]
         if inside.all():
@@ -406,12 +446,12 @@ class FeatureClipDataset(Dataset):
         name = self.file_names[i]
         entry = self.features.entry(name)
         grid = self._grid(name)
-        step, last = int(entry["step"]), max(0, grid.shape[0] - self.spec.frames)
+        step, last = int(entry["step"]), max(0, grid.shape[0] - self.frames)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             starts = np.array([int(rng.integers(0, last + 1))])
         else:
-            spec = ClipSpec(frames=self.spec.frames, period=step)
+            spec = ClipSpec(frames=self.frames, period=step)
             starts = np.minimum(
                 eval_clip_starts(int(entry["frames"]), spec, self.n_eval_clips) // step, last
             )

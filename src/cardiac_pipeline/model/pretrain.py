@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.echozoom import PixelNormalize
 from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts
 from cardiac_pipeline.model.train import lr_factor, resolve_device
+from cardiac_pipeline.nn.encoders import NotApplicable, VideoEncoder
 
 HISTORY_COLUMNS = ["epoch", "loss", "logit_scale", "lr", "seconds"]
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature at 1/100
@@ -192,7 +193,7 @@ def pretrain_clip(
 
 @torch.no_grad()
 def zero_shot_predict(
-    backbone: Backbone,
+    encoder: VideoEncoder,
     store: ClipStore,
     table: pd.DataFrame,
     *,
@@ -207,47 +208,80 @@ def zero_shot_predict(
     top_fraction: float = 0.2,
     batch_size: int = 16,
 ) -> pd.DataFrame:
-    """EchoCLIP-style zero-shot LVEF for every ``FileName`` of ``table``: ``(FileName, EF_pred)``.
+    """Zero-shot LVEF of any backbone for every ``FileName`` of ``table``: ``(FileName, EF_pred)``.
 
-    Each video gives ``n_clips`` evenly spaced clips. ``mode="video"`` (what pretraining
-    optimised) scores the mean embedding of all their frames against every EF prompt;
-    ``mode="frame"`` scores each frame (EchoCLIP's per-image scoring) and averages.
-    ``prompts.zero_shot_ef`` turns similarities into an EF: by default the expectation over
-    the candidate values at the model's own ``logit_scale``; ``aggregate="top_fraction"``
-    averages the best-ranked ``top_fraction`` of them instead.
+    Each video gives ``n_clips`` evenly spaced clips, embedded per frame (frame encoder) or
+    per backbone clip (clip encoder). With a text tower (EchoCLIP-style): ``mode="video"``
+    (what pretraining optimised) scores the mean of the normalised embeddings against every
+    EF prompt; ``mode="frame"`` scores each embedding and averages. ``prompts.zero_shot_ef``
+    turns similarities into an EF: by default the expectation over the candidate values at
+    the backbone's own ``logit_scale``; ``aggregate="top_fraction"`` averages the
+    best-ranked ``top_fraction`` of them instead. Without one, the backbone's own EF head
+    (``ef_head``, PanEcho's) scores each embedding and the EFs are averaged.
     """
     if mode not in ("video", "frame"):
         raise ValueError(f"mode must be 'video' or 'frame', got {mode!r}")
     table = _check_table(store, table, ["FileName"])
     dev = resolve_device(device)
-    model = backbone.model.to(dev).eval()
+    encoder = encoder.to(dev).eval()
+    if encoder.has_text:
+        score = _prompt_scorer(encoder, values, mode, aggregate, top_fraction)
+    else:
+        score = _ef_head_scorer(encoder)
     spec = ClipSpec(frames=frames, period=period, target_fps=target_fps)
-    prompts = zero_shot_ef_prompts(values)
-    text = F.normalize(model.encode_text(backbone.tokenizer(prompts).to(dev)), dim=-1)
-    logit_scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+    normalize = PixelNormalize(encoder.input_spec.mean, encoder.input_spec.std).to(dev)
     names = table["FileName"].astype(str).tolist()
     predictions: list[float] = []
     for i in range(0, len(names), batch_size):
-        clips = []
-        for name in names[i : i + batch_size]:
-            video, fps = store.load(name), _fps(store, name)
-            starts = eval_clip_starts(video.shape[0], spec, n_clips, fps)
-            clips.append(np.concatenate([clip_at(video, int(s), spec, fps) for s in starts]))
-        per_frame = encode_videos(model, np.stack(clips), backbone.mean, backbone.std, dev)
-        if mode == "video":
-            similarity = video_embedding(per_frame) @ text.t()
-        else:
-            similarity = per_frame @ text.t()
-        predictions.extend(
-            zero_shot_ef(
-                similarity.float(),
-                values,
-                aggregate=aggregate,
-                logit_scale=logit_scale,
-                top_fraction=top_fraction,
-            ).tolist()
-        )
+        clips = [_eval_clips(store, name, spec, n_clips) for name in names[i : i + batch_size]]
+        pixels = torch.from_numpy(np.stack(clips)).to(dev)  # [B, n*T, C, H, W]
+        images = normalize(pixels.flatten(0, 1))
+        embeddings = encoder.encode_sequence(images.reshape(*pixels.shape[:2], *images.shape[1:]))
+        predictions.extend(score(embeddings).tolist())
     return pd.DataFrame({"FileName": names, "EF_pred": predictions})
+
+
+def _eval_clips(store: ClipStore, name: str, spec: ClipSpec, n_clips: int) -> np.ndarray:
+    """The ``n_clips`` evenly spaced clips of a video, frames one after the other."""
+    video, fps = store.load(name), _fps(store, name)
+    starts = eval_clip_starts(video.shape[0], spec, n_clips, fps)
+    return np.concatenate([clip_at(video, int(s), spec, fps) for s in starts])
+
+
+def _prompt_scorer(
+    encoder: VideoEncoder,
+    values: Sequence[float],
+    mode: str,
+    aggregate: Literal["expectation", "top_fraction"],
+    top_fraction: float,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Embeddings [B, n, D] -> EF [B] by the zero-shot EF prompts."""
+    text = F.normalize(encoder.encode_text(zero_shot_ef_prompts(values)), dim=-1)
+    logit_scale = float(encoder.logit_scale().exp())
+
+    def score(embeddings: torch.Tensor) -> torch.Tensor:
+        per_item = F.normalize(embeddings, dim=-1)
+        video = video_embedding(per_item) if mode == "video" else per_item
+        return zero_shot_ef(
+            (video @ text.t()).float(),
+            values,
+            aggregate=aggregate,
+            logit_scale=logit_scale,
+            top_fraction=top_fraction,
+        )
+
+    return score
+
+
+def _ef_head_scorer(encoder: VideoEncoder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Embeddings [B, n, D] -> the mean of the backbone's EF head over the n: EF [B]."""
+    head = encoder.ef_head()
+    if head is None:
+        raise NotApplicable(
+            f"zero-shot: backbone {encoder.name!r} has neither a text tower nor an EF head; "
+            "fix: leave the zero_shot method out for it"
+        )
+    return lambda embeddings: head(embeddings).reshape(embeddings.shape[:2]).float().mean(dim=1)
 
 
 # checkpoint with its config: what lets a pipeline skip pretraining ---------------------

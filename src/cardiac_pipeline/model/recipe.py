@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 
 from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
+from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
+from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.prediction_cache import PredictionCache
@@ -34,6 +35,7 @@ from cardiac_pipeline.model.train import (
     predict_videos,
     resolve_device,
 )
+from cardiac_pipeline.nn.encoders import create_encoder
 from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
@@ -114,16 +116,19 @@ def build_cardiac_clip(
     """
     backbone = arch["backbone"]
     load_weights = weights and bool(backbone.get("load_weights", True))
-    created = create_backbone(
-        backbone["name"], backbone.get("pretrained"), seed=seed, load_weights=load_weights
-    )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        encoder = create_encoder(
+            backbone["name"], backbone.get("pretrained"), load_weights=load_weights
+        )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
         kwargs["scales"] = tuple(int(s) for s in kwargs["scales"])
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return CardiacCLIP.from_backbone(created, **kwargs)
+        return CardiacCLIP(encoder, **kwargs)
 
 
 def check_recipe(sections: Mapping[str, Mapping[str, Any] | None], where: str = "") -> None:
@@ -275,12 +280,12 @@ def _portable_path(path: str | Path) -> str:
 
 def _portable_arch(arch: dict[str, Any]) -> dict[str, Any]:
     """``arch`` with a backbone weights file as ``_portable_path`` (only a record: a model is
-    rebuilt from a checkpoint without it). ``local-dir:`` sources stay whole: the folder's
-    open_clip config is what rebuilds the architecture.
+    rebuilt from a checkpoint without it). ``local-dir:`` sources and folders (EchoCLIP's)
+    stay whole: the folder's open_clip config is what rebuilds the architecture.
     """
     backbone = dict(arch.get("backbone") or {})
     pretrained = backbone.get("pretrained")
-    if pretrained and not brings_own_weights(pretrained):
+    if pretrained and not brings_own_weights(pretrained) and not Path(pretrained).is_dir():
         backbone["pretrained"] = _portable_path(str(pretrained))
     return {**arch, "backbone": backbone}
 
@@ -619,7 +624,9 @@ def predict_on_table(
         if "frame_indices" not in item and "start" in item:
             period = effective_period(spec, store.entry(name).get("fps"))
             starts = np.asarray(item["start"]).reshape(-1, 1)
-            item["frame_indices"] = starts + period * np.arange(spec.frames)[None, :]
+            indices = starts + period * np.arange(spec.frames)[None, :]
+            attended = np.shape(item["attention"])[-1] if "attention" in item else spec.frames
+            item["frame_indices"] = attended_frames(indices, attended)
     return predictions, attention
 
 

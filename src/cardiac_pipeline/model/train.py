@@ -48,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clipstore import atomic_write
 from cardiac_pipeline.model import distributed
 from cardiac_pipeline.model.prediction_cache import PredictionCache
@@ -507,6 +508,10 @@ def _run_videos(
                                 entry[key] = (
                                     torch.as_tensor(item[key]).to(torch.int64).numpy().copy()
                                 )
+                        if "attention" in entry and "frame_indices" in entry:
+                            entry["frame_indices"] = attended_frames(
+                                entry["frame_indices"], entry["attention"].shape[-1]
+                            )
                         attention[name] = entry
                     offset += n
     finally:

@@ -124,8 +124,11 @@ PREDICTION_COLUMNS = ["method", "k", "seed", "FileName", "role", "EF_true", "EF_
 def _metrics_row(
     name: str, k: int | None, seed: int | None, predictions: pd.DataFrame, seconds: float
 ) -> pd.DataFrame:
-    """The TEST metrics row of one (method, k, seed); ``predictions`` has VAL and TEST."""
+    """The TEST metrics row of one (method, k, seed); ``predictions`` has VAL and TEST.
+    No row for a method left out for the backbone (no predictions; the reason is logged)."""
     tested = predictions[predictions["role"] == "test"]
+    if tested.empty:
+        return pd.DataFrame(columns=["method", "k", "seed", "seconds", *METRICS])
     metrics = ef_metrics(tested["EF_true"], tested["EF_pred"])
     log_metrics({**{f"test_{m}": v for m, v in metrics.items()}, "seconds": seconds})
     return pd.DataFrame(
@@ -252,8 +255,9 @@ def score_zero_shot(
     )
     tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
     with child_run(f"{method}-k{k}_seed{seed}", tags):
+        seconds = zero_shot_predictions["seconds"]
         row = _metrics_row(
-            method, k, seed, predictions, float(zero_shot_predictions["seconds"].iloc[0])
+            method, k, seed, predictions, float(seconds.iloc[0]) if len(seconds) else 0.0
         )
     return row, predictions.assign(method=method, k=k, seed=seed)[PREDICTION_COLUMNS]
 
