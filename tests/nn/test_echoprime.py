@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -80,10 +81,14 @@ def test_text_is_the_cls_state_through_the_projection(tokenizer_dir: Path) -> No
         torch.testing.assert_close(encoder.encode_text(PROMPTS[:1]), expected)
 
 
-def test_without_a_tokenizer_there_is_no_text_tower(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_without_a_tokenizer_there_is_no_text_tower(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_model_data(tmp_path / "model_data", tokenizer_dir)
     (tmp_path / "model_data" / "weights" / "echo_prime_text_encoder.pt").unlink()
-    encoder = build(tmp_path / "model_data")
+    with caplog.at_level(logging.INFO, logger="cardiac_pipeline.nn.encoders.echoprime"):
+        encoder = build(tmp_path / "model_data")
+    assert "no text tower" in caplog.text
     assert not encoder.has_text
     with pytest.raises(TypeError, match="tokenizer"):
         encoder.encode_text(PROMPTS)

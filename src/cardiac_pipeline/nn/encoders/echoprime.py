@@ -9,6 +9,7 @@ the hub. Keys and shapes follow the authors' modules, so their files load with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,14 +23,16 @@ from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.nn.encoders.base import InputSpec, VideoEncoder, register_encoder
 from cardiac_pipeline.nn.encoders.published import (
     check_clip,
-    check_layout,
     load_encoder_config,
+    load_published,
     read_checkpoint,
     require_path,
 )
 
 if TYPE_CHECKING:  # transformers is imported where BERT is built (a second to import)
     import transformers
+
+logger = logging.getLogger(__name__)
 
 VIDEO_WEIGHTS = Path("weights") / "echo_prime_encoder.pt"
 TEXT_WEIGHTS = Path("weights") / "echo_prime_text_encoder.pt"
@@ -246,28 +249,23 @@ def build_echoprime(
     defaults are the published one.
     """
     video_state, text_state = _read_weights(weights, with_text=tokenizer is not None)
-    text_tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
     video = build_video_tower(video_width, video_depths, size, clip_frames, embed_dim)
     if video_state is not None:
-        check_layout(
-            video_state, video, Path(weights) / VIDEO_WEIGHTS, VIDEO_WHAT, "echoprime", WEIGHTS_FIX
-        )
-        video.load_state_dict(video_state, strict=True)
-    text = None
-    if text_tokenizer is not None:
-        text = EchoPrimeTextTower(
-            text_config(_vocab_size(text_state, text_tokenizer), text_overrides), embed_dim
-        )
+        path = Path(weights) / VIDEO_WEIGHTS
+        load_published(video_state, video, path, VIDEO_WHAT, "echoprime", WEIGHTS_FIX)
+    text, text_tokenizer = None, None
+    if tokenizer is None:
+        logger.info("echoprime: no tokenizer folder (backbone.tokenizer), so no text tower")
+    else:
+        text_tokenizer = load_tokenizer(tokenizer)
+        config = text_config(_vocab_size(text_state, text_tokenizer), text_overrides)
+        text = EchoPrimeTextTower(config, embed_dim)
         _check_vocabulary(text, text_tokenizer, tokenizer)
     if text is not None and text_state is not None:
-        check_layout(
-            text_state, text, Path(weights) / TEXT_WEIGHTS, TEXT_WHAT, "echoprime", WEIGHTS_FIX
-        )
-        text.load_state_dict(text_state, strict=True)
-    encoder = EchoPrimeEncoder(
-        video, text, text_tokenizer, echoprime_input_spec(size, clip_frames), embed_dim
-    )
-    return encoder.to(device).eval()
+        path = Path(weights) / TEXT_WEIGHTS
+        load_published(text_state, text, path, TEXT_WHAT, "echoprime", WEIGHTS_FIX)
+    spec = echoprime_input_spec(size, clip_frames)
+    return EchoPrimeEncoder(video, text, text_tokenizer, spec, embed_dim).to(device).eval()
 
 
 def _check_vocabulary(text: EchoPrimeTextTower, tokenizer: Any, folder: str) -> None:

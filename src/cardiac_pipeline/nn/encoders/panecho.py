@@ -22,8 +22,8 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from cardiac_pipeline.nn.encoders.base import InputSpec, VideoEncoder, register_encoder
 from cardiac_pipeline.nn.encoders.published import (
     check_clip,
-    check_layout,
     load_encoder_config,
+    load_published,
     read_checkpoint,
     require_path,
 )
@@ -181,6 +181,5 @@ def build_panecho(
     spec = InputSpec(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, clip_frames=clip_frames)
     model = PanEchoEncoder(encoder, load_encoder_config(TASKS_FILE), spec)
     if state is not None:
-        check_layout(state, model, Path(weights), WHAT, "panecho", WEIGHTS_FIX)
-        model.load_state_dict(state, strict=True)
+        load_published(state, model, Path(weights), WHAT, "panecho", WEIGHTS_FIX)
     return model.to(device).eval()

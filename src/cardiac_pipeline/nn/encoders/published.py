@@ -112,7 +112,7 @@ def read_checkpoint(path: Path, what: str, fix: str) -> Mapping[str, Any]:
     return checkpoint
 
 
-def check_layout(
+def load_published(
     state: Mapping[str, Any],
     model: nn.Module,
     path: Path,
@@ -120,7 +120,7 @@ def check_layout(
     backbone: str,
     fix: str,
 ) -> None:
-    """Raise a UserError unless ``state`` has exactly ``model``'s keys and shapes.
+    """Load ``state`` into ``model`` (strict) after checking it has exactly its keys and shapes.
 
     ``what`` names the expected file as ``recognise`` does ("EchoPrime's
     echo_prime_encoder.pt"); a file recognisably of another model says which one it is and
@@ -146,6 +146,7 @@ def check_layout(
             f"{tuple(state[key].shape)}, expected {tuple(expected[key].shape)}); it is "
             f"another variant of the model. Fix: {fix}"
         )
+    model.load_state_dict(state, strict=True)
 
 
 def check_clip(video: torch.Tensor, spec: InputSpec, name: str) -> None:
