@@ -243,3 +243,12 @@ def test_a_tokenizer_larger_than_the_text_encoders_vocabulary(
     with pytest.raises(UserError) as error:
         build(tmp_path / "model_data", bigger)
     assert_one_line(str(error.value), str(bigger), "another model's tokenizer")
+
+
+def test_a_tokenizer_folder_with_only_vocab_txt(tmp_path: Path) -> None:
+    folder = write_tokenizer(tmp_path / "tokenizer")
+    (folder / "tokenizer_config.json").unlink()
+    encoder = build(None, folder)
+    assert encoder.tokenizer(["The LEFT"])["input_ids"][0] == [
+        VOCAB.index(w) for w in ("[CLS]", "the", "left", "[SEP]")
+    ]

@@ -170,7 +170,10 @@ class EchoPrimeEncoder(VideoEncoder):
 
 
 def load_tokenizer(folder: str | Path) -> Any:
-    """The BiomedBERT tokenizer from a local folder (never the hub), or a one-line UserError."""
+    """The BiomedBERT tokenizer from a local folder (never the hub), or a one-line UserError.
+
+    BiomedBERT is a WordPiece BERT tokenizer, so ``vocab.txt`` alone is enough.
+    """
     import transformers
 
     path = require_path(
@@ -186,7 +189,7 @@ def load_tokenizer(folder: str | Path) -> Any:
             f"it is not a tokenizer folder. Fix: {TOKENIZER_FIX}"
         )
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return transformers.BertTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
