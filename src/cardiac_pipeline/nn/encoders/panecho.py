@@ -6,6 +6,10 @@ A ConvNeXt-Tiny embeds each frame, a fixed sinusoidal table marks the frame's po
 data (``model_configs/encoders/panecho-tasks.json``, from the repository's ``tasks.pkl``),
 so loading needs no network. Module names follow the authors' ``MultiTaskModel``, so the
 published ``panecho.pt`` loads with ``strict=True``.
+
+The authors' data loader read frames with OpenCV, so PanEcho was trained on BGR frames
+normalised with ImageNet's RGB statistics; on grey-scale echo the channels are equal and
+the order does not matter.
 """
 
 from __future__ import annotations

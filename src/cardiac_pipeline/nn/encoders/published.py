@@ -138,12 +138,13 @@ def load_published(
             f"{what}: {path} is not in the published layout ({len(missing)} keys missing, e.g. "
             f"{missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]}). Fix: {fix}"
         )
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    shapes = {k: tuple(getattr(state[k], "shape", ())) for k in expected}
+    wrong = [k for k, v in expected.items() if shapes[k] != tuple(v.shape)]
     if wrong:
         key = wrong[0]
         raise UserError(
             f"{what}: {path} has {len(wrong)} tensors of another shape (e.g. {key!r}: "
-            f"{tuple(state[key].shape)}, expected {tuple(expected[key].shape)}); it is "
+            f"{shapes[key]}, expected {tuple(expected[key].shape)}); it is "
             f"another variant of the model. Fix: {fix}"
         )
     model.load_state_dict(state, strict=True)
