@@ -33,6 +33,3 @@ __all__ = [
     "list_encoders",
     "register_encoder",
 ]
-
-# the published backbones register themselves on import
-from cardiac_pipeline.nn.encoders import echoprime, panecho  # noqa: E402, F401
