@@ -20,9 +20,9 @@ from cardiac_pipeline.model.predict import (
     RANGE_COLUMNS,
     latest_checkpoint,
     predict_folder,
-    prediction_report_html,
     resolve_checkpoint,
 )
+from cardiac_pipeline.reporting.predict_report import prediction_report_html
 from tests.echo.test_dicom import PHI, write_echo
 from tests.echo.test_inputs import moving_video
 

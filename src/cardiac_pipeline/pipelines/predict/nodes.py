@@ -24,9 +24,9 @@ from cardiac_pipeline.model.predict import (
     default_checkpoint,
     interval_level,
     predict_folder,
-    prediction_report_html,
     resolve_checkpoint,
 )
+from cardiac_pipeline.reporting.predict_report import prediction_report_html
 from cardiac_pipeline.tracking import log_metrics, loggable
 from cardiac_pipeline.validation import check_predict_inputs
 
