@@ -85,6 +85,13 @@ def check_mlflow_config(config: Any, where: str) -> dict[str, Any]:
     return merged
 
 
+def tracking_uri(config: dict[str, Any], project_path: Path) -> str:
+    """The store runs go to: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.yml``'s."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(
+        config["tracking_uri"], project_path
+    )
+
+
 def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     """Point MLflow at the configured store and experiment; return the experiment id.
 
@@ -93,9 +100,7 @@ def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     """
     if not config.get("enabled", True):
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(
-        config["tracking_uri"], project_path
-    )
+    uri = tracking_uri(config, project_path)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -157,6 +162,8 @@ class MlflowTrackingHook:
             dict(user_config) if hasattr(user_config, "keys") else user_config, where
         )
         tracking.configure(self._project_path, self._config["log_paths"])
+        if self._config["enabled"]:  # where checks before the run look up models
+            mlflow.set_tracking_uri(tracking_uri(self._config, self._project_path))
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:

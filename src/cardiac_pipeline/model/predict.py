@@ -39,7 +39,8 @@ from cardiac_pipeline.echo.inputs import (
 )
 from cardiac_pipeline.echo.ranges import RANGE_COLUMNS
 from cardiac_pipeline.echo.uncertainty import prediction_interval
-from cardiac_pipeline.model import recipe
+from cardiac_pipeline.errors import UserError
+from cardiac_pipeline.model import recipe, train
 from cardiac_pipeline.model.train import predict_videos
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,90 @@ def _natural(name: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
+MODEL_HINT = (
+    "give a fewshot model: a .pt of data/06_models/fewshot_models, that folder, or the "
+    "MLflow run id of a k<k>_seed<seed> run (runs:/<id>)"
+)
+# what a checkpoint of another kind is, by its ``format`` (one without: a backbone's)
+OTHER_CHECKPOINTS: dict[Any, str] = {
+    train.CHECKPOINT_FORMAT: "a training state (a work folder's last.pt), not a fewshot model",
+    None: "a backbone checkpoint (such as the pretrained backbone), not a fewshot model",
+}
+
+
+def read_model_file(path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
+    """The fewshot model in ``path``; a ``UserError`` saying what the file (``name``, by
+    default the path) is instead."""
+    where = f"predict.model {name or str(path)!r}"
+    if not Path(path).is_file():
+        raise UserError(f"{where}: file not found; {MODEL_HINT}")
+    try:
+        checkpoint = recipe.load_checkpoint(path)
+    except Exception as error:  # the unpickler fails in many ways on other files
+        raise UserError(
+            f"{where}: not a checkpoint (unreadable as one: {type(error).__name__}); {MODEL_HINT}"
+        ) from None
+    form = checkpoint.get("format") if isinstance(checkpoint, dict) else "?"
+    if form != recipe.CHECKPOINT_FORMAT:
+        kind = OTHER_CHECKPOINTS.get(form, f"a checkpoint of another kind (format {form!r})")
+        raise UserError(f"{where}: {kind}; {MODEL_HINT}")
+    return checkpoint
+
+
+def mlflow_model_uri(model: str) -> str | None:
+    """The artifact URI of an MLflow model reference (run id, ``runs:/``, URI), else None."""
+    if _RUN_ID.match(model):
+        return f"runs:/{model}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    if model.startswith("runs:/") and model.rstrip("/").count("/") == 1:
+        return f"{model.rstrip('/')}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        return model
+    return None
+
+
+def check_mlflow_model(model: str) -> None:
+    """A ``UserError`` unless the MLflow run of ``model`` (a run id or ``runs:/<id>``) holds
+    a model; other URIs are checked when fetched. Reads the configured tracking store."""
+    uri = mlflow_model_uri(model)
+    if uri is None or not uri.startswith("runs:/"):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id, _, artifact = uri[len("runs:/") :].partition("/")
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"predict.model {model!r}: no such MLflow run in the tracking store; {MODEL_HINT}"
+        ) from None
+    folder = artifact.rpartition("/")[0] or None
+    if artifact not in {entry.path for entry in client.list_artifacts(run_id, folder)}:
+        raise UserError(
+            f"predict.model {model!r}: the MLflow run has no model ({artifact}); {MODEL_HINT}"
+        )
+
+
+def check_model(model: str) -> None:
+    """A ``UserError`` for what ``resolve_checkpoint`` would refuse, found before any
+    video is read (an MLflow model is looked up, not fetched)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        try:
+            path = latest_checkpoint(path)
+        except FileNotFoundError:
+            raise UserError(
+                f"predict.model {model!r}: no .pt in the folder; {MODEL_HINT}"
+            ) from None
+    if path.is_file():
+        read_model_file(path, model if path == Path(model).expanduser() else str(path))
+    elif mlflow_model_uri(model) is None:
+        raise UserError(f"predict.model {model!r}: file not found; {MODEL_HINT}")
+    else:
+        check_mlflow_model(model)
+
+
 def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The checkpoint dict and a description of where it came from.
 
@@ -155,24 +240,19 @@ def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
     (optionally ``/<artifact path>``), a bare 32-hex MLflow run id, or any MLflow artifact
     URI (``models:/...``, ``mlflow-artifacts:/...``) pointing at the ``.pt`` or at a folder
     holding ``cardiac_clip.pt``. MLflow reads the configured tracking store (set it first).
+    Anything that is not a fewshot model is a ``UserError`` naming it.
     """
     text = str(model)
     path = Path(text).expanduser()
     if path.is_file():
-        return recipe.load_checkpoint(path), str(path)
+        return read_model_file(path), str(path)
     if path.is_dir():
         found = latest_checkpoint(path)
-        return recipe.load_checkpoint(found), str(found)
-    if _RUN_ID.match(text):
-        uri = f"runs:/{text}/{MLFLOW_CHECKPOINT_ARTIFACT}"
-    elif text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
-        uri = f"{text.rstrip('/')}/{MLFLOW_CHECKPOINT_ARTIFACT}"
-    elif "://" in text or text.startswith(("runs:/", "models:/")):
-        uri = text
-    else:
-        raise FileNotFoundError(
-            f"{text}: model not found (not a checkpoint file, a folder, or an MLflow run id/URI)"
-        )
+        return read_model_file(found), str(found)
+    uri = mlflow_model_uri(text)
+    if uri is None:
+        raise UserError(f"predict.model {text!r}: file not found; {MODEL_HINT}")
+    check_mlflow_model(text)
     import mlflow
 
     # into a folder removed after reading: without dst_path MLflow leaves a copy in /tmp
@@ -180,10 +260,13 @@ def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except Exception as exc:  # MlflowException and store errors alike
-            raise FileNotFoundError(f"{uri}: cannot fetch the model from MLflow ({exc})") from exc
+            raise UserError(
+                f"predict.model {text!r}: cannot fetch the model from MLflow "
+                f"({type(exc).__name__}); {MODEL_HINT}"
+            ) from None
         if local.is_dir():
             local = next(iter(sorted(local.rglob("*.pt"))), local / "cardiac_clip.pt")
-        return recipe.load_checkpoint(local), uri
+        return read_model_file(local, text), uri
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:
