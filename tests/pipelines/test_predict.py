@@ -213,7 +213,11 @@ def test_a_file_that_is_not_a_fewshot_model_is_named_with_what_it_is(
 
 
 def test_predict_pipeline_through_kedro(
-    kedro_project, checkpoint_file: Path, video_folder: Path, caplog: pytest.LogCaptureFixture
+    kedro_project,
+    checkpoint_file: Path,
+    video_folder: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         kedro_project.run(
@@ -234,6 +238,12 @@ def test_predict_pipeline_through_kedro(
         next((root / "data/07_model_output/prediction_failures.csv").glob("*/*.csv"))
     )
     assert len(predictions) == 3 and failures["file"].tolist() == ["corrupt.avi"]
+    # the run ends with its per-video table, printed whole, and where the full one is
+    screen = capsys.readouterr().out.strip().splitlines()
+    table = screen[screen.index("Predictions: 3 videos, 1 unreadable") :]
+    assert [line.split()[0] for line in table[3:6]] == sorted(predictions["file"])
+    assert table[-2].startswith("Full table: data/07_model_output/predictions.csv/")
+    assert table[-1].startswith("Report: data/08_reporting/predict_report/report.html/")
     report = next((root / "data/08_reporting/predict_report").glob("report.html/*/report.html"))
     assert report.read_text().count("<div class='video'>") == 3
 
