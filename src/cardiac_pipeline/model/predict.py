@@ -139,7 +139,7 @@ def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
 def _val_mae(path: Path) -> float:
     try:
         value = float((recipe.load_checkpoint(path).get("meta") or {}).get("best_val_mae"))
-    except (TypeError, ValueError):
+    except Exception:  # no VAL score, or no checkpoint at all: refused by name if picked
         return math.inf
     return value if math.isfinite(value) else math.inf
 

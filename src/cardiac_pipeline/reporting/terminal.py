@@ -96,7 +96,7 @@ def _one_row_per_reference(summary: pd.DataFrame) -> list[dict[str, Any]]:
         constant = len({round(float(r["mae_mean"]), 9) for r in mine}) == 1 and not any(
             bool(r.get("seed_dependent", True)) for r in mine
         )
-        out += [{**mine[0], "k": "any"}] if constant and len(mine) > 1 else mine
+        out += [{**mine[0], "k": "any"}] if constant else mine
     return out
 
 
