@@ -56,6 +56,7 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
     root = tmp_path / "project"
     root.mkdir()
     shutil.copytree(PROJECT_ROOT / "conf" / "base", root / "conf" / "base")
+    shutil.copy(PROJECT_ROOT / "conf" / "logging.yml", root / "conf" / "logging.yml")
     (root / "conf" / "local").mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")

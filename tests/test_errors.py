@@ -24,8 +24,25 @@ def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
+        env={
+            **os.environ,
+            "KEDRO_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "COLUMNS": "100",
+        },
     )
+
+
+FIRST_SCREEN = 15  # lines a user error may take, the Error line last
+
+
+def assert_first_screen_error(result: subprocess.CompletedProcess, start: str) -> None:
+    """Exit 2 and at most FIRST_SCREEN lines (stdout, then stderr), the Error line last."""
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == USER_ERROR_EXIT_CODE, result.stdout + result.stderr
+    assert len(lines) <= FIRST_SCREEN, "\n".join(lines)
+    assert lines[-1].startswith(start), lines[-1]
+    assert "Warning" not in result.stdout and "Traceback" not in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -39,6 +56,51 @@ def test_misspelt_section_through_kedro_run_is_one_line_and_exit_2(kedro_project
     assert "(did you mean 'training'?)" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "Running node" not in result.stdout
+    assert not (kedro_project.path / "data").exists()
+
+
+@pytest.mark.slow
+def test_misspelt_parameter_fits_the_first_screen(kedro_project) -> None:
+    # --pipeline: the README's spelling (Kedro deprecates it; its warning goes to info.log)
+    result = kedro_run(kedro_project.path, "--pipeline", "fewshot", "--params=trainig.epochs=1")
+    assert_first_screen_error(result, "Error: parameters: unknown section(s) 'trainig'")
+    assert "register_new_resolver" in (kedro_project.path / "info.log").read_text()
+
+
+@pytest.mark.slow
+def test_every_wrong_predict_model_is_one_error_line_before_any_video(
+    kedro_project, tmp_path
+) -> None:
+    import mlflow
+    import torch
+
+    from cardiac_pipeline.echo.video import write_video
+    from tests.echo.test_inputs import moving_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.avi", moving_video(8), 25)
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    torch.save({"arch": "echo-vit-tiny", "state_dict": {}, "meta": {}}, tmp_path / "backbone.pt")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with mlflow.start_run() as run:  # a run that logged no model
+        mlflow.log_param("k", 1)
+    cases = {
+        str(tmp_path / "missing.pt"): "file not found",
+        str(tmp_path / "notes.pt"): "not a checkpoint",
+        str(tmp_path / "backbone.pt"): "a backbone checkpoint",
+        run.info.run_id: "the MLflow run has no model",
+    }
+    for model, problem in cases.items():
+        result = kedro_run(
+            kedro_project.path,
+            "--pipelines",
+            "predict",
+            f"--params=predict.input_dir={videos},predict.model={model}",
+        )
+        assert_first_screen_error(result, f"Error: predict.model '{model}': {problem}")
+        assert "give a fewshot model" in result.stderr
+        assert "predict_lvef_for_folder" not in result.stdout  # no node ran
     assert not (kedro_project.path / "data").exists()
 
 

@@ -87,3 +87,31 @@ def test_the_log_says_where_to_see_the_runs_without_a_full_path(project):
     local = hooks.ui_hint(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", "1")
     assert "--backend-store-uri sqlite:///mlruns/mlflow.db" in local
     assert str(project) not in local
+
+
+def test_a_fewshot_run_ends_with_its_summary_printed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro_datasets.text import TextDataset
+
+    from tests.reporting.test_terminal import summary
+
+    monkeypatch.chdir(tmp_path)
+    table = TextDataset(filepath="data/fewshot_summary.md")
+    table.save("| method | ... |")
+    catalog = DataCatalog(
+        datasets={
+            "fewshot_summary": MemoryDataset(summary(ood=False)),
+            "fewshot_summary_table": table,
+            "params:evaluation": MemoryDataset({"ci_level": 0.9}),
+        }
+    )
+    pipeline = SimpleNamespace(all_outputs=lambda: {"fewshot_summary", "fewshot_summary_table"})
+    hooks.EndOfRunHook().after_pipeline_run({}, pipeline, catalog)
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "Few-shot summary (TEST set)" and "MAE ± SD (90% CI)" in lines[1]
+    assert lines[-1] == "Full table: data/fewshot_summary.md"
+    assert all(len(line) <= 100 for line in lines) and len(lines) == 3 + 9 + 1
+    assert all(row.split()[-1] == "–" for row in lines[3:-1])  # no OOD column in this table

@@ -215,3 +215,40 @@ def test_log_params_on_a_resumed_run_keeps_first_values(store):
         tracking.log_params({"training": {"epochs": 2, "device": "cuda", "lr": 0.1}})
     params = MlflowClient(store["uri"]).get_run(run.info.run_id).data.params
     assert params == {"training.epochs": "2", "training.device": "cpu", "training.lr": "0.1"}
+
+
+def test_video_names_go_to_mlflow_as_their_fingerprints_under_hash(tmp_path, monkeypatch):
+    import pandas as pd
+
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    for name, body in (("Jane_Doe.avi", b"a" * 9), ("Ann_Lee.dcm", b"b" * 7)):
+        (clinic / name).write_bytes(body)
+    paths = {name: clinic / name for name in ("Jane_Doe.avi", "Ann_Lee.dcm")}
+    table = pd.DataFrame(
+        {"file": ["Ann_Lee.dcm"], "reason": ["ValueError: Ann_Lee.dcm: no pixel data"], "n": [3]}
+    )
+    try:
+        tracking.configure(tmp_path / "project", "hash")
+        names = tracking.loggable_names(paths)
+        assert names["Jane_Doe.avi"] == tracking.loggable(str(clinic / "Jane_Doe.avi"))[5:] + ".avi"
+        assert names["Ann_Lee.dcm"].endswith(".dcm") and "Ann" not in names["Ann_Lee.dcm"]
+        shared = tracking.with_loggable_names(table, "file", names)
+        assert shared.to_dict("list") == {
+            "file": [names["Ann_Lee.dcm"]],
+            "reason": [f"ValueError: {names['Ann_Lee.dcm']}: no pixel data"],
+            "n": [3],
+        }
+        assert table["file"].tolist() == ["Ann_Lee.dcm"]  # the local table keeps its names
+        for policy in ("basename", "full"):
+            tracking.configure(tmp_path / "project", policy)
+            assert tracking.loggable_names(paths) == {name: name for name in paths}
+
+        tracking.configure(tmp_path, "hash")  # the script inside the project: relative
+        script = tmp_path / ".venv" / "bin" / "kedro"
+        monkeypatch.setattr(sys, "argv", [str(script)])
+        assert tracking.source_tags() == {"mlflow.source.name": ".venv/bin/kedro"}
+        tracking.configure(tmp_path / "project", "hash")  # outside: a fingerprint
+        assert tracking.source_tags()["mlflow.source.name"].startswith("path:")
+    finally:
+        tracking.configure(Path.cwd())

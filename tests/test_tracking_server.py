@@ -141,3 +141,73 @@ def test_fewshot_logs_parent_and_nested_runs_to_a_tracking_server(
     paths = [s for s in _strings({"arch": checkpoint["arch"], "meta": checkpoint["meta"]})]
     assert not [s for s in paths if _has_a_path(s, private)]
     assert checkpoint["meta"]["work_dir"].startswith("data/06_models/work/k1_seed0-")
+
+
+def _everything_logged(client: MlflowClient, run: Any, folder: Path) -> dict[str, str]:
+    """``{where: text}`` of a run: its name, every param, tag and metric name, and the text
+    of every artifact (embedded images removed: base64 may spell anything)."""
+    import re
+
+    logged = {"run name": run.info.run_name or "", "metrics": " ".join(run.data.metrics)}
+    for kind, values in (("param", run.data.params), ("tag", run.data.tags)):
+        logged.update({f"{kind} {k}": f"{k}={v}" for k, v in values.items()})
+    pending = [None]
+    while pending:
+        for entry in client.list_artifacts(run.info.run_id, pending.pop()):
+            if entry.is_dir:
+                pending.append(entry.path)
+                continue
+            local = Path(client.download_artifacts(run.info.run_id, entry.path, str(folder)))
+            text = local.read_bytes().decode("utf-8", "replace")
+            logged[f"artifact {entry.path}"] = re.sub(r"base64,[A-Za-z0-9+/=]+", "", text)
+    return logged
+
+
+@pytest.mark.slow
+def test_a_predict_run_sends_no_file_name_and_no_absolute_path_to_the_server(
+    kedro_project, mlflow_server, monkeypatch, tmp_path
+):
+    from cardiac_pipeline.echo.video import write_video
+    from tests.echo.test_dicom import PHI, write_echo
+    from tests.echo.test_inputs import moving_video
+    from tests.pipelines.test_predict import tiny_checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the default log_paths: hash
+    (kedro_project.path / "conf/local/mlflow.yml").write_text(
+        f"tracking_uri: {mlflow_server['url']}\n"
+    )
+    clinic = tmp_path / "St_Jude_echo_lab"
+    clinic.mkdir()
+    write_video(clinic / "Jane_Doe_1957.avi", moving_video(24), 50)
+    write_video(clinic / "John_Smith_1962.mp4", moving_video(24, 64, 80), 50)
+    write_echo(clinic / "Ann_Miller.dcm", n_frames=24)
+    (clinic / "Bob_Jones.avi").write_bytes(b"RIFF" + bytes(300))  # unreadable: listed
+    stems = ["Jane_Doe", "John_Smith", "Ann_Miller", "Bob_Jones", "St_Jude"]
+    model = tmp_path / "models" / "k1_seed0.pt"
+    model.parent.mkdir()
+    torch.save(tiny_checkpoint(), model)
+    kedro_project.run(
+        "predict",
+        runtime_params={
+            "predict": {"input_dir": str(clinic), "model": str(model), "device": "cpu"}
+        },
+    )
+
+    client = MlflowClient(mlflow_server["url"])
+    experiment = client.get_experiment_by_name("cardiac-pipeline")
+    (run,) = client.search_runs([experiment.experiment_id])
+    logged = _everything_logged(client, run, tmp_path / "downloaded")
+    assert {"artifact predict/predictions.csv", "artifact predict/predict_report.html"} <= set(
+        logged
+    )
+    private = [str(tmp_path), tempfile.gettempdir() + "/", str(Path.home()) + "/", *stems, *PHI]
+    leaks = {where: p for where, text in logged.items() for p in private if p in text}
+    assert not leaks
+    source = run.data.tags["mlflow.source.name"]
+    assert not source.startswith("/") and source
+    # the local files keep the names, for the user
+    local = next((kedro_project.path / "data/07_model_output").glob("predictions.csv/*/*.csv"))
+    assert "Jane_Doe_1957.avi" in local.read_text()
+    shared = logged["artifact predict/predictions.csv"]
+    assert shared.count(".avi") == 1 and shared.count(".mp4") == 1 and ".dcm" in shared
+    assert "Bob_Jones" not in logged["artifact predict/prediction_failures.csv"]

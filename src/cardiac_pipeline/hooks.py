@@ -1,4 +1,4 @@
-"""MLflow tracking for every Kedro run.
+"""MLflow tracking for every Kedro run, and the run's last screen (``EndOfRunHook``).
 
 One parent MLflow run per ``kedro run`` (named after the pipeline); nodes that train or
 evaluate models open nested runs under it (one per (k, seed) or (method, k, seed)) with
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 import mlflow
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from cardiac_pipeline import tracking
 from cardiac_pipeline.params import check_keys
+from cardiac_pipeline.reporting.terminal import predictions_screen, summary_screen
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,13 @@ def check_mlflow_config(config: Any, where: str) -> dict[str, Any]:
     return merged
 
 
+def tracking_uri(config: dict[str, Any], project_path: Path) -> str:
+    """The store runs go to: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.yml``'s."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(
+        config["tracking_uri"], project_path
+    )
+
+
 def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     """Point MLflow at the configured store and experiment; return the experiment id.
 
@@ -93,9 +102,7 @@ def setup_mlflow(config: dict[str, Any], project_path: Path) -> str | None:
     """
     if not config.get("enabled", True):
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(
-        config["tracking_uri"], project_path
-    )
+    uri = tracking_uri(config, project_path)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -157,6 +164,8 @@ class MlflowTrackingHook:
             dict(user_config) if hasattr(user_config, "keys") else user_config, where
         )
         tracking.configure(self._project_path, self._config["log_paths"])
+        if self._config["enabled"]:  # where checks before the run look up models
+            mlflow.set_tracking_uri(tracking_uri(self._config, self._project_path))
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -226,3 +235,65 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+# --------------------------------------------------------------------------- last screen
+
+
+def _summary(title: str, full_table: str) -> Any:
+    def screen(catalog: Any, prefix: str, name: str) -> str:
+        return summary_screen(
+            _load(catalog, prefix + name),
+            title,
+            saved_path(catalog, prefix + full_table),
+            ci_level=float(_load(catalog, "params:evaluation")["ci_level"]),
+        )
+
+    return screen
+
+
+def _predictions(catalog: Any, prefix: str, name: str) -> str:
+    return predictions_screen(
+        _load(catalog, prefix + name),
+        len(_load(catalog, prefix + "prediction_failures")),
+        saved_path(catalog, prefix + name),
+        report=saved_path(catalog, prefix + "predict_report"),
+    )
+
+
+def _load(catalog: Any, name: str) -> Any:
+    """``name`` read from its dataset (the catalog would log a line under the table)."""
+    return catalog.get(name).load()
+
+
+# the datasets a run ends with (by name, without a namespace) and how each is shown
+END_SCREENS: dict[str, Any] = {
+    "fewshot_summary": _summary("Few-shot summary (TEST set)", "fewshot_summary_table"),
+    "benchmark_summary": _summary("Benchmark (TEST set)", "benchmark_summary_table"),
+    "predictions": _predictions,
+}
+
+
+def saved_path(catalog: Any, name: str) -> str:
+    """Where ``name`` was saved (its newest version), relative to the working folder."""
+    try:
+        path = Path(str(catalog.get(name)._get_load_path()))  # Kedro's versioned path
+    except Exception:  # not a file dataset: say its name
+        return name
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class EndOfRunHook:
+    """Ends a run with its result table, printed whole to the terminal after the last log
+    line (a log record would be wrapped by the handler's columns); the full table's path
+    below it."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        for output in sorted(pipeline.all_outputs()):
+            prefix, _, name = output.rpartition(".")
+            if name in END_SCREENS:
+                click.echo("\n" + END_SCREENS[name](catalog, prefix + "." if prefix else "", name))

@@ -2,14 +2,14 @@
 
 from kedro.config import OmegaConfigLoader
 
-from cardiac_pipeline.hooks import MlflowTrackingHook
+from cardiac_pipeline.hooks import EndOfRunHook, MlflowTrackingHook
 from cardiac_pipeline.pipeline_registry import ProjectParametersHook
 from cardiac_pipeline.validation import ValidationHook
 
 # ProjectParametersHook: the pipelines are built from the run's parameters (the grid).
 # pluggy calls the last registered first: parameters and inputs are checked before the
-# MLflow run opens (validation.py)
-HOOKS = (MlflowTrackingHook(), ProjectParametersHook(), ValidationHook())
+# MLflow run opens (validation.py); the last screen is printed after the MLflow run ends
+HOOKS = (EndOfRunHook(), MlflowTrackingHook(), ProjectParametersHook(), ValidationHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

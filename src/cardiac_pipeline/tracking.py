@@ -13,7 +13,10 @@ nests under the same parent. Every helper here does nothing when no parent run e
 - Every run carries ``cardiac.host`` and ``cardiac.pid``; ``mark_stale_runs`` marks KILLED
   the RUNNING runs of this machine whose process is gone (the hook calls it at start).
 - ``flatten_params`` / ``loggable``: parameter and tag values with file-system paths
-  rewritten by the ``log_paths`` policy of ``mlflow.yml`` (see ``loggable``).
+  rewritten by the ``log_paths`` policy of ``mlflow.yml`` (see ``loggable``);
+  ``loggable_names`` / ``with_loggable_names``: the file names of per-video tables and
+  reports that go to MLflow (under ``hash`` their files' fingerprints; the local files
+  keep the names).
 """
 
 from __future__ import annotations
@@ -118,8 +121,10 @@ def process_tags() -> dict[str, str]:
 
 
 def source_tags() -> dict[str, str]:
-    """MLflow's source tag without the script's absolute path (``kedro``, ``pytest``)."""
-    return {"mlflow.source.name": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""}
+    """MLflow's source tag: the script relative to the project (``.venv/bin/kedro``); one
+    outside it as ``log_paths`` says (``path:3fa2c1d0`` under ``hash``), never absolute."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return {"mlflow.source.name": loggable(str(Path(script).resolve())) if script else ""}
 
 
 @contextmanager
@@ -362,7 +367,38 @@ def loggable(value: str) -> str:
     return f"{path.name}:{token}" if policy["log_paths"] == "basename" else f"path:{token}"
 
 
-@lru_cache(maxsize=256)
+def loggable_names(paths: Mapping[str, str | Path]) -> dict[str, str]:
+    """``{name: path}`` of per-video files -> the name each may have in MLflow: under
+    ``log_paths: hash`` the fingerprint its path gets, with the name's suffix
+    (``3fa2c1d0.avi``); under ``basename`` and ``full`` the name itself."""
+    if _policy["log_paths"] != "hash":
+        return {name: name for name in paths}
+    return {
+        name: fingerprint(os.path.abspath(path)) + Path(name).suffix for name, path in paths.items()
+    }
+
+
+def with_loggable_names(table: Any, column: str, names: Mapping[str, str]) -> Any:
+    """A copy of ``table`` whose ``column`` holds ``names[value]``, and each text column
+    (an error message) the same names in place of the originals."""
+    out = table.copy()
+    out[column] = [names.get(value, value) for value in out[column]]
+    renamed = sorted((k for k, v in names.items() if k != v), key=len, reverse=True)
+    for other in out.columns.drop(column) if renamed else ():
+        if any(isinstance(value, str) for value in out[other]):
+            out[other] = [_replace_names(value, renamed, names) for value in out[other]]
+    return out
+
+
+def _replace_names(value: Any, renamed: Sequence[str], names: Mapping[str, str]) -> Any:
+    if not isinstance(value, str):
+        return value
+    for name in renamed:  # longest first: "a.avi" inside "aa.avi" is not replaced first
+        value = value.replace(name, names[name])
+    return value
+
+
+@lru_cache(maxsize=4096)
 def fingerprint(path: str) -> str:
     """8 hex digits from what ``path`` holds: a folder's file names and sizes, a file's size
     and first and last MiB, else the path's text. The same data gives the same value on any

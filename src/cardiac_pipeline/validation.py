@@ -15,7 +15,6 @@ opens no MLflow run either.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from cardiac_pipeline.config import PredictConfig, ProjectConfig, build_config
 from cardiac_pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-_MLFLOW_MODEL = re.compile(r"^([0-9a-f]{32}|runs:/.*|models:/.*|[a-z][a-z0-9+.-]*://.*)$")
 
 
 def check_run(
@@ -128,11 +125,9 @@ def check_predict_inputs(predict: PredictConfig) -> None:
             "DICOM files, not in subfolders); put the videos there or give another folder"
         )
     if predict.model:
-        if not _MLFLOW_MODEL.match(str(predict.model)) and not Path(predict.model).exists():
-            raise UserError(
-                f"predict.model {predict.model!r}: not found; give a checkpoint file (.pt), "
-                "a fewshot_models folder or an MLflow run id (runs:/<id>)"
-            )
+        from cardiac_pipeline.model.predict import check_model
+
+        check_model(str(predict.model))  # missing, not a checkpoint, another kind, no model
     elif not any(Path(predict.models_dir).glob("**/*.pt")):
         raise UserError(
             f"predict.models_dir {predict.models_dir!r}: no fewshot model yet; run "

@@ -27,10 +27,19 @@ TINY = {
 
 
 @pytest.mark.slow
-def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
+def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project, capsys):
     kedro_project.set_params(TINY)
     kedro_project.run("fewshot")
     root = kedro_project.path
+
+    # the last screen: the summary for a 100-column terminal, one whole line per row
+    out = capsys.readouterr().out
+    screen = out[out.rindex("Few-shot summary (TEST set)") :].strip().splitlines()
+    assert all(len(line) <= 100 for line in screen)
+    assert screen[1].split()[:3] == ["method", "k", "n"] and screen[1].endswith("OOD")
+    rows = [line.split()[:2] for line in screen[3:-1]]
+    assert ["cardiac_clip", "1"] in rows and ["zero_shot", "any"] in rows
+    assert screen[-1].startswith("Full table: data/08_reporting/fewshot_summary.md/")
 
     metrics = pd.read_csv(
         next((root / "data/08_reporting/fewshot_metrics.csv").glob("*/fewshot_metrics.csv"))

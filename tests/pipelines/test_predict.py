@@ -14,15 +14,17 @@ import pytest
 import torch
 
 from cardiac_pipeline.echo.video import write_video
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.predict import (
     MLFLOW_CHECKPOINT_ARTIFACT,
     RANGE_COLUMNS,
+    check_model,
     latest_checkpoint,
     predict_folder,
-    prediction_report_html,
     resolve_checkpoint,
 )
+from cardiac_pipeline.reporting.predict_report import prediction_report_html
 from tests.echo.test_dicom import PHI, write_echo
 from tests.echo.test_inputs import moving_video
 
@@ -181,12 +183,41 @@ def test_resolves_path_folder_and_mlflow_run(
         for key, value in checkpoint["state_dict"].items():
             assert torch.equal(loaded["state_dict"][key], value)
     assert not list(scratch.rglob("*.pt"))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="nope.pt': file not found; give a fewshot model"):
         resolve_checkpoint(str(tmp_path / "nope.pt"))
 
 
+def test_a_file_that_is_not_a_fewshot_model_is_named_with_what_it_is(
+    tmp_path: Path, checkpoint_file: Path
+) -> None:
+    from cardiac_pipeline.model import train
+
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    torch.save({"arch": "echo-vit-tiny", "state_dict": {}}, tmp_path / "backbone.pt")
+    torch.save({"format": train.CHECKPOINT_FORMAT}, tmp_path / "last.pt")
+    torch.save({"format": "other/1"}, tmp_path / "other.pt")
+    expected = {
+        "missing.pt": "file not found",
+        "notes.pt": "not a checkpoint",
+        "backbone.pt": "a backbone checkpoint",
+        "last.pt": "a training state",
+        "other.pt": "a checkpoint of another kind (format 'other/1')",
+    }
+    for name, problem in expected.items():
+        with pytest.raises(UserError, match=re.escape(f"{name}': {problem}")):
+            check_model(str(tmp_path / name))
+    check_model(str(checkpoint_file))  # a fewshot model passes
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .pt in the folder"):
+        check_model(str(tmp_path / "empty"))
+
+
 def test_predict_pipeline_through_kedro(
-    kedro_project, checkpoint_file: Path, video_folder: Path, caplog: pytest.LogCaptureFixture
+    kedro_project,
+    checkpoint_file: Path,
+    video_folder: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         kedro_project.run(
@@ -207,6 +238,12 @@ def test_predict_pipeline_through_kedro(
         next((root / "data/07_model_output/prediction_failures.csv").glob("*/*.csv"))
     )
     assert len(predictions) == 3 and failures["file"].tolist() == ["corrupt.avi"]
+    # the run ends with its per-video table, printed whole, and where the full one is
+    screen = capsys.readouterr().out.strip().splitlines()
+    table = screen[screen.index("Predictions: 3 videos, 1 unreadable") :]
+    assert [line.split()[0] for line in table[3:6]] == sorted(predictions["file"])
+    assert table[-2].startswith("Full table: data/07_model_output/predictions.csv/")
+    assert table[-1].startswith("Report: data/08_reporting/predict_report/report.html/")
     report = next((root / "data/08_reporting/predict_report").glob("report.html/*/report.html"))
     assert report.read_text().count("<div class='video'>") == 3
 

@@ -37,18 +37,16 @@ from cardiac_pipeline.echo.inputs import (
     list_videos,
     read_input_video,
 )
-from cardiac_pipeline.echo.uncertainty import interval_text, prediction_interval
-from cardiac_pipeline.model import recipe
-from cardiac_pipeline.model.prompts import LVEF_RANGES
+from cardiac_pipeline.echo.ranges import RANGE_COLUMNS
+from cardiac_pipeline.echo.uncertainty import prediction_interval
+from cardiac_pipeline.errors import UserError
+from cardiac_pipeline.model import recipe, train
 from cardiac_pipeline.model.train import predict_videos
 
 logger = logging.getLogger(__name__)
 
 MLFLOW_CHECKPOINT_ARTIFACT = "model/cardiac_clip.pt"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-RANGE_COLUMNS = tuple(
-    "p_" + re.sub(r"[^a-z0-9]+", "_", r.name.lower()).strip("_") for r in LVEF_RANGES
-)
 PREDICTION_COLUMNS = (
     "file",
     "anonymous_id",
@@ -141,7 +139,7 @@ def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
 def _val_mae(path: Path) -> float:
     try:
         value = float((recipe.load_checkpoint(path).get("meta") or {}).get("best_val_mae"))
-    except (TypeError, ValueError):
+    except Exception:  # no VAL score, or no checkpoint at all: refused by name if picked
         return math.inf
     return value if math.isfinite(value) else math.inf
 
@@ -151,6 +149,90 @@ def _natural(name: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
+MODEL_HINT = (
+    "give a fewshot model: a .pt of data/06_models/fewshot_models, that folder, or the "
+    "MLflow run id of a k<k>_seed<seed> run (runs:/<id>)"
+)
+# what a checkpoint of another kind is, by its ``format`` (one without: a backbone's)
+OTHER_CHECKPOINTS: dict[Any, str] = {
+    train.CHECKPOINT_FORMAT: "a training state (a work folder's last.pt), not a fewshot model",
+    None: "a backbone checkpoint (such as the pretrained backbone), not a fewshot model",
+}
+
+
+def read_model_file(path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
+    """The fewshot model in ``path``; a ``UserError`` saying what the file (``name``, by
+    default the path) is instead."""
+    where = f"predict.model {name or str(path)!r}"
+    if not Path(path).is_file():
+        raise UserError(f"{where}: file not found; {MODEL_HINT}")
+    try:
+        checkpoint = recipe.load_checkpoint(path)
+    except Exception as error:  # the unpickler fails in many ways on other files
+        raise UserError(
+            f"{where}: not a checkpoint (unreadable as one: {type(error).__name__}); {MODEL_HINT}"
+        ) from None
+    form = checkpoint.get("format") if isinstance(checkpoint, dict) else "?"
+    if form != recipe.CHECKPOINT_FORMAT:
+        kind = OTHER_CHECKPOINTS.get(form, f"a checkpoint of another kind (format {form!r})")
+        raise UserError(f"{where}: {kind}; {MODEL_HINT}")
+    return checkpoint
+
+
+def mlflow_model_uri(model: str) -> str | None:
+    """The artifact URI of an MLflow model reference (run id, ``runs:/``, URI), else None."""
+    if _RUN_ID.match(model):
+        return f"runs:/{model}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    if model.startswith("runs:/") and model.rstrip("/").count("/") == 1:
+        return f"{model.rstrip('/')}/{MLFLOW_CHECKPOINT_ARTIFACT}"
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        return model
+    return None
+
+
+def check_mlflow_model(model: str) -> None:
+    """A ``UserError`` unless the MLflow run of ``model`` (a run id or ``runs:/<id>``) holds
+    a model; other URIs are checked when fetched. Reads the configured tracking store."""
+    uri = mlflow_model_uri(model)
+    if uri is None or not uri.startswith("runs:/"):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id, _, artifact = uri[len("runs:/") :].partition("/")
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"predict.model {model!r}: no such MLflow run in the tracking store; {MODEL_HINT}"
+        ) from None
+    folder = artifact.rpartition("/")[0] or None
+    if artifact not in {entry.path for entry in client.list_artifacts(run_id, folder)}:
+        raise UserError(
+            f"predict.model {model!r}: the MLflow run has no model ({artifact}); {MODEL_HINT}"
+        )
+
+
+def check_model(model: str) -> None:
+    """A ``UserError`` for what ``resolve_checkpoint`` would refuse, found before any
+    video is read (an MLflow model is looked up, not fetched)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        try:
+            path = latest_checkpoint(path)
+        except FileNotFoundError:
+            raise UserError(
+                f"predict.model {model!r}: no .pt in the folder; {MODEL_HINT}"
+            ) from None
+    if path.is_file():
+        read_model_file(path, model if path == Path(model).expanduser() else str(path))
+    elif mlflow_model_uri(model) is None:
+        raise UserError(f"predict.model {model!r}: file not found; {MODEL_HINT}")
+    else:
+        check_mlflow_model(model)
+
+
 def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The checkpoint dict and a description of where it came from.
 
@@ -158,24 +240,19 @@ def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
     (optionally ``/<artifact path>``), a bare 32-hex MLflow run id, or any MLflow artifact
     URI (``models:/...``, ``mlflow-artifacts:/...``) pointing at the ``.pt`` or at a folder
     holding ``cardiac_clip.pt``. MLflow reads the configured tracking store (set it first).
+    Anything that is not a fewshot model is a ``UserError`` naming it.
     """
     text = str(model)
     path = Path(text).expanduser()
     if path.is_file():
-        return recipe.load_checkpoint(path), str(path)
+        return read_model_file(path), str(path)
     if path.is_dir():
         found = latest_checkpoint(path)
-        return recipe.load_checkpoint(found), str(found)
-    if _RUN_ID.match(text):
-        uri = f"runs:/{text}/{MLFLOW_CHECKPOINT_ARTIFACT}"
-    elif text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
-        uri = f"{text.rstrip('/')}/{MLFLOW_CHECKPOINT_ARTIFACT}"
-    elif "://" in text or text.startswith(("runs:/", "models:/")):
-        uri = text
-    else:
-        raise FileNotFoundError(
-            f"{text}: model not found (not a checkpoint file, a folder, or an MLflow run id/URI)"
-        )
+        return read_model_file(found), str(found)
+    uri = mlflow_model_uri(text)
+    if uri is None:
+        raise UserError(f"predict.model {text!r}: file not found; {MODEL_HINT}")
+    check_mlflow_model(text)
     import mlflow
 
     # into a folder removed after reading: without dst_path MLflow leaves a copy in /tmp
@@ -183,10 +260,13 @@ def resolve_checkpoint(model: str | os.PathLike) -> tuple[dict[str, Any], str]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except Exception as exc:  # MlflowException and store errors alike
-            raise FileNotFoundError(f"{uri}: cannot fetch the model from MLflow ({exc})") from exc
+            raise UserError(
+                f"predict.model {text!r}: cannot fetch the model from MLflow "
+                f"({type(exc).__name__}); {MODEL_HINT}"
+            ) from None
         if local.is_dir():
             local = next(iter(sorted(local.rglob("*.pt"))), local / "cardiac_clip.pt")
-        return recipe.load_checkpoint(local), uri
+        return read_model_file(local, text), uri
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:
@@ -313,174 +393,3 @@ def interval_level(checkpoint: dict[str, Any]) -> float | None:
     """The coverage the checkpoint's interval aims at (0.9 for alpha 0.1), or None."""
     interval = checkpoint.get("interval") or {}
     return 1.0 - float(interval["alpha"]) if "alpha" in interval else None
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def _present(value: Any) -> bool:
-    """False for None, NaN and empty text (a CSV round trip turns '' into NaN)."""
-    if value is None:
-        return False
-    if isinstance(value, float) and not np.isfinite(value):
-        return False
-    return str(value).strip() not in ("", "nan", "None")
-
-
-def _number(value: Any, spec: str, missing: str = "–") -> str:
-    return format(float(value), spec) if _present(value) else missing
-
-
-def _interval_cell(row: Any) -> str:
-    if _present(row.get("EF_lower")) and _present(row.get("EF_upper")):
-        return f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
-    return "–"
-
-
-def _png_base64(image: np.ndarray) -> str:
-    import base64
-
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
-
-
-def _frame_strip(frames: np.ndarray, gap: int = 4) -> np.ndarray:
-    """``(K, C, H, W)`` frames side by side as one OpenCV image (grey or BGR)."""
-    tiles = []
-    for frame in frames:
-        tile = frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)[..., ::-1]
-        tiles.append(tile)
-        tiles.append(np.full((tile.shape[0], gap, *tile.shape[2:]), 255, np.uint8))
-    return np.ascontiguousarray(np.concatenate(tiles[:-1], axis=1))
-
-
-def _figure_base64(figure: Any) -> str:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _video_label(row: Any) -> str:
-    """File name, with the anonymised id of a DICOM when it has one."""
-    name = str(row["file"])
-    anonymous = row.get("anonymous_id")
-    return f"{name} ({anonymous})" if _present(anonymous) else name
-
-
-def prediction_report_html(
-    predictions: pd.DataFrame,
-    failures: pd.DataFrame,
-    attention: dict[str, dict[str, Any]],
-    *,
-    title: str = "LVEF predictions",
-    model_source: str = "",
-    interval_level: float | None = None,
-) -> str:
-    """A self-contained HTML page: a table of all videos, then per video a few frames, LVEF
-    with its prediction interval, range probabilities and MFL attention.
-
-    Images are embedded as base64 PNG, so the page is one file to share. Videos are named
-    by file name (DICOM: file name and anonymised id), never by header content. A value
-    that is missing reads '–', never 'nan'. ``interval_level`` (0.9) names the interval.
-    """
-    from html import escape
-
-    from cardiac_pipeline.echo.plots import attention_over_frames
-
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-        ".video{border-top:2px solid #444;margin-top:1.5em;padding-top:.5em}"
-        ".flag{color:#b00}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f"<p>{len(predictions)} videos predicted, {len(failures)} unreadable."
-        + (f" Model: <code>{escape(model_source)}</code>" if model_source else "")
-        + "</p>",
-    ]
-    level = f"{100 * interval_level:g}% interval" if interval_level else "interval"
-    if len(predictions):
-        parts.append(
-            "<h2>Summary</h2><table class='summary'><tr><th>file</th><th>LVEF %</th>"
-            f"<th>{escape(level)}</th><th>flags</th></tr>"
-        )
-        for _, row in predictions.iterrows():
-            flags = str(row["flags"]) if _present(row.get("flags")) else "none"
-            parts.append(
-                f"<tr><td>{escape(_video_label(row))}</td><td>{_number(row['EF_pred'], '.0f')}</td>"
-                f"<td>{_interval_cell(row)}</td><td>{escape(flags)}</td></tr>"
-            )
-        parts.append("</table>")
-        if interval_level:
-            parts.append(
-                f"<p>{escape(level)}: split conformal on the model's errors on held-out validation videos; about "
-                f"{100 * interval_level:g}% of videos like the validation videos have their "
-                "true LVEF inside it (not a guarantee for unlike input: see flags).</p>"
-            )
-    if len(failures):
-        parts.append("<h2>Unreadable files</h2><table><tr><th>file</th><th>reason</th></tr>")
-        for _, row in failures.iterrows():
-            parts.append(
-                f"<tr><td>{escape(str(row['file']))}</td><td>{escape(str(row['reason']))}</td></tr>"
-            )
-        parts.append("</table>")
-    for _, row in predictions.iterrows():
-        name = str(row["file"])
-        parts.append(f"<div class='video'><h2>{escape(_video_label(row))}</h2>")
-        if interval_level and _interval_cell(row) != "–":
-            estimate = interval_text(
-                row["EF_pred"], row["EF_lower"], row["EF_upper"], interval_level
-            )
-        else:
-            estimate = f"EF {_number(row['EF_pred'], '.0f')}"
-        spread = (
-            f" (SD over {int(row['n_clips'])} clips {row['EF_clip_sd']:.1f})"
-            if _present(row.get("EF_clip_sd")) and _present(row.get("n_clips"))
-            else ""
-        )
-        parts.append(
-            f"<p><b>{estimate}</b>{spread}; {_number(row.get('n_frames'), '.0f')} frames at "
-            f"{_number(row.get('fps'), 'g')} fps</p>"
-        )
-        flags = str(row.get("flags")) if _present(row.get("flags")) else ""
-        if flags:
-            parts.append(f"<p class='flag'>Input unlike training data: {escape(flags)}</p>")
-        cells = "".join(
-            f"<tr><td>{escape(r.name.title())}</td><td>{row[c]:.2f}</td></tr>"
-            for r, c in zip(LVEF_RANGES, RANGE_COLUMNS, strict=True)
-            if c in row and _present(row[c])
-        )
-        if cells:
-            parts.append(f"<table><tr><th>LVEF range</th><th>probability</th></tr>{cells}</table>")
-        item = attention.get(name, {})
-        if item.get("frames") is not None:
-            numbers = ", ".join(str(int(n)) for n in item.get("frame_numbers", []))
-            parts.append(
-                f"<p>Frames {escape(numbers)}:<br><img alt='frames' "
-                f"src='data:image/png;base64,{_png_base64(_frame_strip(item['frames']))}'></p>"
-            )
-        if item.get("attention") is not None and item.get("frame_indices") is not None:
-            weights, indices = np.asarray(item["attention"]), np.asarray(item["frame_indices"])
-            figure = attention_over_frames(
-                list(weights),
-                list(indices),
-                [f"clip {i + 1} (from frame {int(ix[0])})" for i, ix in enumerate(indices)],
-            )
-            parts.append(
-                f"<p>MFL attention over time:<br><img alt='attention' "
-                f"src='data:image/png;base64,{_figure_base64(figure)}'></p>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)

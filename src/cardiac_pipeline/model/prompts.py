@@ -19,55 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
-EF_PROMPT_PREFIX = "THE LEFT VENTRICULAR EJECTION FRACTION IS ESTIMATED TO BE"
+from cardiac_pipeline.echo.ranges import EF_PROMPT_PREFIX, LVEF_RANGES
 
-
-@dataclass(frozen=True)
-class LVEFRange:
-    """One LVEF range: its name in the prompt, the bin value used for regression, its text."""
-
-    name: str
-    bin_value: float
-    description: str
-
-    @property
-    def prompt(self) -> str:
-        return f"{EF_PROMPT_PREFIX} {self.name}. {self.description}"
-
-
-LVEF_RANGES: tuple[LVEFRange, ...] = (
-    LVEFRange(
-        "SEVERELY REDUCED (LESS THAN 30%)",
-        15.0,
-        "THE LEFT VENTRICLE IS DILATED WITH SEVERE GLOBAL HYPOKINESIS AND VERY POOR WALL THICKENING.",
-    ),
-    LVEFRange(
-        "MODERATELY REDUCED (30-44%)",
-        37.0,
-        "LEFT VENTRICULAR CONTRACTILITY IS MODERATELY DECREASED WITH REDUCED WALL MOTION.",
-    ),
-    LVEFRange(
-        "MILDLY REDUCED (45-54%)",
-        50.0,
-        "LEFT VENTRICULAR SYSTOLIC FUNCTION IS MILDLY DECREASED WITH MILD HYPOKINESIS.",
-    ),
-    LVEFRange(
-        "NORMAL (55-70%)",
-        62.0,
-        "LEFT VENTRICULAR SIZE AND WALL THICKNESS ARE NORMAL WITH NORMAL WALL MOTION.",
-    ),
-    LVEFRange(
-        "HYPERDYNAMIC (GREATER THAN 70%)",
-        85.0,
-        "THE LEFT VENTRICLE IS SMALL AND VIGOROUSLY CONTRACTING WITH NEAR CAVITY OBLITERATION.",
-    ),
-)
 LVEF_PROMPTS: tuple[str, ...] = tuple(r.prompt for r in LVEF_RANGES)
 BIN_VALUES: tuple[float, ...] = tuple(r.bin_value for r in LVEF_RANGES)  # (15, 37, 50, 62, 85)
 # Lower edges of bins 1..3 (EF >= edge) and the edge above which EF is hyperdynamic (EF > 70).

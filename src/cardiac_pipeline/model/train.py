@@ -35,7 +35,6 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,10 +311,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
-            warnings.warn(
+            logger.warning(
                 f"checkpoint has CUDA RNG states for {len(cuda_states)} devices, "
-                f"this machine has {torch.cuda.device_count()}; CUDA RNG not restored",
-                stacklevel=2,
+                f"this machine has {torch.cuda.device_count()}; CUDA RNG not restored"
             )
 
 
@@ -658,10 +656,9 @@ def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: P
             "use a new checkpoint folder"
         )
     if stored.get("epochs") != config.epochs and config.schedule_epochs is None:
-        warnings.warn(
+        logger.warning(
             f"{path}: epochs changed {stored.get('epochs')} -> {config.epochs} with "
-            "schedule_epochs unset, so the cosine schedule length changes mid-run",
-            stacklevel=3,
+            "schedule_epochs unset, so the cosine schedule length changes mid-run"
         )
 
 
@@ -752,10 +749,9 @@ def _rank_rng(ckpt: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
     if len(per_rank) == distributed.world_size():
         return per_rank[distributed.rank()]
     if distributed.is_main():
-        warnings.warn(
+        logger.warning(
             f"{path}: saved by {len(per_rank)} processes, resumed by "
-            f"{distributed.world_size()}; the random streams are not continued exactly",
-            stacklevel=3,
+            f"{distributed.world_size()}; the random streams are not continued exactly"
         )
     return per_rank[0]
 
@@ -774,10 +770,7 @@ def _resume(loop: _Loop) -> bool:
     done = int(ckpt["epoch"])
     if loop.stopped_early or done >= config.epochs:
         if done > config.epochs:
-            warnings.warn(
-                f"{path}: run already has {done} epochs > requested {config.epochs}",
-                stacklevel=3,
-            )
+            logger.warning(f"{path}: run already has {done} epochs > requested {config.epochs}")
         logger.info("%s: run already finished (%d epochs), nothing to do", path.parent, done)
         return True
     loop.model.load_state_dict(ckpt["model"])

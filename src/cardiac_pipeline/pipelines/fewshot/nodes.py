@@ -48,7 +48,9 @@ from cardiac_pipeline.tracking import (
     log_history,
     log_metrics,
     log_params,
+    loggable_names,
     model_run,
+    with_loggable_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -324,7 +326,9 @@ def evaluate_fewshot_model(
                 log_metrics({f"test_{baseline}_{m}": values[m] for m in METRIC_COLUMNS})
             for key, fig in figures.items():
                 _log_figure(fig, f"plots/{key}")
-            _log_table(table, "test_predictions.csv")
+            paths = video_index.set_index("FileName")["path"]
+            names = loggable_names(paths.loc[table["FileName"]].to_dict())
+            _log_table(with_loggable_names(table, "FileName", names), "test_predictions.csv")
             _log_checkpoint(fewshot_model)
     logger.info(
         "%s: test MAE %.2f (references: %s), RMSE %.2f, R2 %.3f, %s %.2f",

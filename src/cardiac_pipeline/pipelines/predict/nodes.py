@@ -24,10 +24,15 @@ from cardiac_pipeline.model.predict import (
     default_checkpoint,
     interval_level,
     predict_folder,
-    prediction_report_html,
     resolve_checkpoint,
 )
-from cardiac_pipeline.tracking import log_metrics, loggable
+from cardiac_pipeline.reporting.predict_report import prediction_report_html
+from cardiac_pipeline.tracking import (
+    log_metrics,
+    loggable,
+    loggable_names,
+    with_loggable_names,
+)
 from cardiac_pipeline.validation import check_predict_inputs
 
 logger = logging.getLogger(__name__)
@@ -83,23 +88,44 @@ def report_predictions(
     prediction_details: dict[str, Any],
     predict: dict[str, Any],
 ) -> str:
-    """The HTML report; logs it and both tables as artifacts of the active MLflow run."""
-    html = prediction_report_html(
-        predictions,
-        prediction_failures,
-        prediction_details["videos"],
-        title=str(predict.get("report_title", "LVEF predictions")),
-        model_source=prediction_details["model_source"],
-        interval_level=prediction_details.get("interval_level"),
-    )
-    if mlflow.active_run() is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, table in (
-                ("predictions.csv", predictions),
-                ("prediction_failures.csv", prediction_failures),
-            ):
-                table.to_csv(Path(tmp) / name, index=False)
-                mlflow.log_artifact(str(Path(tmp) / name), artifact_path="predict")
-            (Path(tmp) / "predict_report.html").write_text(html, encoding="utf-8")
-            mlflow.log_artifact(str(Path(tmp) / "predict_report.html"), artifact_path="predict")
+    """The HTML report; logs it and both tables as artifacts of the active MLflow run,
+    with the videos' names as ``mlflow.yml``'s ``log_paths`` allows (``tracking``)."""
+    html = _report(predictions, prediction_failures, prediction_details, predict)
+    if mlflow.active_run() is None:
+        return html
+    folder = Path(predict["input_dir"]).expanduser()
+    files = [*predictions["file"], *prediction_failures["file"]]
+    names = loggable_names({str(name): folder / str(name) for name in files})
+    shared = {
+        "predictions.csv": with_loggable_names(predictions, "file", names),
+        "prediction_failures.csv": with_loggable_names(prediction_failures, "file", names),
+    }
+    details = {
+        "model_source": loggable(str(prediction_details["model_source"])),
+        "videos": {names.get(k, k): v for k, v in prediction_details["videos"].items()},
+        "interval_level": prediction_details.get("interval_level"),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, table in shared.items():
+            table.to_csv(Path(tmp) / name, index=False)
+        unchanged = details["model_source"] == prediction_details["model_source"] and all(
+            name == shown for name, shown in names.items()
+        )
+        report = html if unchanged else _report(*shared.values(), details, predict)
+        (Path(tmp) / "predict_report.html").write_text(report, encoding="utf-8")
+        for name in (*shared, "predict_report.html"):
+            mlflow.log_artifact(str(Path(tmp) / name), artifact_path="predict")
     return html
+
+
+def _report(
+    predictions: pd.DataFrame, failures: pd.DataFrame, details: dict[str, Any], predict: dict
+) -> str:
+    return prediction_report_html(
+        predictions,
+        failures,
+        details["videos"],
+        title=str(predict.get("report_title", "LVEF predictions")),
+        model_source=details["model_source"],
+        interval_level=details.get("interval_level"),
+    )
