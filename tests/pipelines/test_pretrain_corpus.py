@@ -12,22 +12,12 @@ from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.pipelines.pretrain.nodes import open_pretrain_corpus, pretraining_pairs
 
 SHORT = {"frames_range": (30, 40), "min_beats": 1.0, "heart_rate_bpm": (100.0, 5.0)}
+CORPUS = {"n_train": 3, "n_val": 0, "n_test": 0, "seed": 3, "site": "source", "workers": 1}
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    generate_dataset(
-        tmp_path,
-        n_train=3,
-        n_val=0,
-        n_test=0,
-        seed=3,
-        site="source",
-        workers=1,
-        progress=False,
-        site_overrides=SHORT,
-        output="clip_store",
-    )
+    generate_dataset(tmp_path, **CORPUS, site_overrides=SHORT, progress=False, output="clip_store")
     return tmp_path
 
 
