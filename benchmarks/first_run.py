@@ -11,6 +11,9 @@ machine shared with other work (wall times there are not comparable between runs
 - frame features: ms per frame of the frozen trunk (EchoZoom scales [1, 2], fp32) at
   batch sizes and memory formats, the default (``batch_frames`` 16, contiguous) first.
 
+- with ``--corpus-check CHECKPOINT AVI_STORE``: how a backbone pretrained on the AVI
+  route sees the same source videos through the in-memory JPEG (embedding cosines).
+
     python benchmarks/first_run.py [--baseline 4af4388] [--videos 8] [--skip features]
 
 Per-node shares of a whole run come from its log: ``benchmarks/kedro_node_times.py``.
@@ -151,6 +154,49 @@ def bench_features(frames: int, repeats: int) -> None:
         )
 
 
+def corpus_check(checkpoint: Path, avi_store: Path, videos: int) -> None:
+    """How differently a backbone pretrained on the AVI route's frames sees the same
+    source videos through the in-memory JPEG: cosine of their video embeddings (the
+    pretraining loss's input), beside the cosine between different videos, and the
+    zero-shot EF of each route."""
+    import torch
+
+    from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts
+    from cardiac_pipeline.echo.clipstore import ClipStore
+    from cardiac_pipeline.echo.sites import get_site
+    from cardiac_pipeline.echo.synthetic import SyntheticConfig, jpeg_round_trip, synthesize_video
+    from cardiac_pipeline.model.backbone import create_backbone
+    from cardiac_pipeline.model.pretrain import encode_videos, video_embedding
+
+    backbone = create_backbone("echo-convnext-tiny", pretrained=checkpoint)
+    model = backbone.model.eval()
+    store, spec = ClipStore(avi_store), ClipSpec(frames=4, period=6, target_fps=30)
+    site, quality = get_site("source", SITES["source"]), SyntheticConfig().clip_jpeg_quality
+    avi_clips, jpeg_clips = [], []
+    for i in range(videos):
+        video = synthesize_video(11, "TRAIN", i, site)
+        jpeg = jpeg_round_trip(video.frames, quality)[:, None]
+        avi = np.asarray(store.load(video.name))
+        start = int(eval_clip_starts(len(jpeg), spec, 1, video.fps)[0])
+        avi_clips.append(clip_at(avi, start, spec, video.fps))
+        jpeg_clips.append(clip_at(jpeg, start, spec, video.fps))
+    with torch.inference_mode():
+        embed = [
+            video_embedding(
+                encode_videos(model, np.stack(c), backbone.mean, backbone.std, torch.device("cpu"))
+            )
+            for c in (avi_clips, jpeg_clips)
+        ]
+    same = (embed[0] * embed[1]).sum(-1)
+    other = embed[0] @ embed[0].t()
+    off = other[~torch.eye(videos, dtype=torch.bool)]
+    print(
+        f"corpus check ({videos} source videos): cosine AVI vs JPEG route of the same video "
+        f"{same.mean():.4f} (min {same.min():.4f}); between different videos {off.mean():.4f} "
+        f"± {off.std():.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="4af4388", help="git revision of the old code")
@@ -158,6 +204,13 @@ def main() -> None:
     parser.add_argument("--feature-frames", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["renderer", "corpus", "features"])
+    parser.add_argument(
+        "--corpus-check",
+        nargs=2,
+        type=Path,
+        metavar=("CHECKPOINT", "AVI_STORE"),
+        help="a backbone pretrained on the AVI route, and that route's source clip store",
+    )
     args = parser.parse_args()
     import cv2
 
@@ -169,6 +222,8 @@ def main() -> None:
         bench_corpus(args.videos)
     if "features" not in args.skip:
         bench_features(args.feature_frames, args.repeats)
+    if args.corpus_check:
+        corpus_check(*args.corpus_check, args.videos)
 
 
 if __name__ == "__main__":
