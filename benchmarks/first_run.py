@@ -6,6 +6,8 @@ machine shared with other work (wall times there are not comparable between runs
 - renderer: ms per frame of ``render_phantom`` at ``--baseline`` (a git revision, loaded
   from ``git show``) and now, interleaved video by video, per site; the share of frame
   pixels that differ and whether the LV cavity (the labels' source) is identical;
+- allocator: CPU time and page faults of the renderer with glibc's default malloc and with
+  ``keep_freed_memory`` (what the generator's worker processes now do), fresh processes;
 - source corpus: ms per frame of getting rendered frames into the clip store pretraining
   reads: before, an MJPG AVI written, decoded and reduced to grey; now, an in-memory JPEG;
 - frame features: ms per frame of the frozen trunk (EchoZoom scales [1, 2], fp32) at
@@ -77,6 +79,56 @@ def bench_renderer(old: ModuleType, videos: int) -> None:
             f"ms/frame ({before / after:.2f}x); pixels differing {differing / a.frames[0].size / frames:.1e}; "
             f"LV cavity identical: {same_cavity}"
         )
+
+
+def render_cost(keep_memory: bool, videos: int) -> dict[str, float]:
+    """CPU seconds (user, kernel) and page faults of rendering target videos, this process."""
+    import resource
+
+    from cardiac_pipeline.echo import phantom
+    from cardiac_pipeline.echo.sites import get_site
+    from cardiac_pipeline.echo.synthetic import keep_freed_memory
+
+    if keep_memory:
+        keep_freed_memory()
+    site = get_site("target")
+    params = [phantom.draw_phantom(np.random.default_rng(700 + i), site) for i in range(videos)]
+    phantom.render_phantom(params[0])  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for p in params:
+        phantom.render_phantom(p)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    frames = sum(p.n_frames for p in params)
+    return {
+        "user_ms": 1e3 * (after.ru_utime - before.ru_utime) / frames,
+        "kernel_ms": 1e3 * (after.ru_stime - before.ru_stime) / frames,
+        "faults": (after.ru_minflt - before.ru_minflt) / videos,
+    }
+
+
+def bench_allocator(videos: int, rounds: int = 2) -> None:
+    """The generator workers' ``keep_freed_memory``: fresh processes, alternated."""
+    import json
+
+    code = "import json,sys; sys.path.insert(0, {!r}); import first_run; print(json.dumps(first_run.render_cost({}, {})))"
+    totals = {False: [], True: []}
+    for _ in range(rounds):
+        for keep in (False, True):
+            out = subprocess.run(
+                [sys.executable, "-c", code.format(str(Path(__file__).parent), keep, videos)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            totals[keep].append(json.loads(out.strip().splitlines()[-1]))
+    mean = {k: {m: np.mean([r[m] for r in v]) for m in v[0]} for k, v in totals.items()}
+    cpu = {k: v["user_ms"] + v["kernel_ms"] for k, v in mean.items()}
+    print(
+        f"allocator (target renderer, CPU time): malloc default {cpu[False]:.3f} ms/frame "
+        f"(kernel {mean[False]['kernel_ms']:.3f}, {mean[False]['faults']:.0f} page faults/video) "
+        f"-> freed memory kept {cpu[True]:.3f} ms/frame (kernel {mean[True]['kernel_ms']:.3f}, "
+        f"{mean[True]['faults']:.0f} faults/video): {cpu[False] / cpu[True]:.2f}x"
+    )
 
 
 def _avi_route(frames: np.ndarray, fps: int, folder: Path) -> np.ndarray:
@@ -203,7 +255,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=8, help="videos per site and part")
     parser.add_argument("--feature-frames", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["renderer", "corpus", "features"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["renderer", "allocator", "corpus", "features"]
+    )
     parser.add_argument(
         "--corpus-check",
         nargs=2,
@@ -218,6 +272,8 @@ def main() -> None:
     if "renderer" not in args.skip:
         old = baseline_module(args.baseline, "src/cardiac_pipeline/echo/phantom.py", "old_phantom")
         bench_renderer(old, args.videos)
+    if "allocator" not in args.skip:
+        bench_allocator(args.videos)
     if "corpus" not in args.skip:
         bench_corpus(args.videos)
     if "features" not in args.skip:
