@@ -87,6 +87,7 @@ class GenerateConfig:
     site: str = param("target", choices=("target", "source"))
     workers: int = param(2, minimum=1)
     site_overrides: dict[str, Any] | None = param(None)
+    output: str = param("avi", choices=("avi", "clip_store"))  # echo.synthetic.VIDEO_OUTPUTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +100,7 @@ class CorpusConfig(GenerateConfig):
     seed: int = param(11, minimum=0)
     site: str = param("source", choices=("target", "source"))
     site_overrides: dict[str, Any] | None = param({"frames_range": [40, 64]})
+    output: str = param("clip_store", choices=("avi", "clip_store"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -421,6 +421,49 @@ def _is_current(
     return True
 
 
+def write_entry(
+    store: ClipStore,
+    file_name: str,
+    video: np.ndarray,
+    *,
+    fps: float,
+    grey: bool,
+    source: Mapping[str, Any],
+    params: Mapping[str, Any],
+    fsync: bool,
+) -> dict[str, Any]:
+    """Store ``(F, C, H, W)`` uint8 ``video`` as ``file_name``'s entry; returns the entry.
+
+    The ``.npy`` is written first and the entry JSON last (both atomically), after the old
+    entry is removed: see the trust rule above. ``source`` describes where the pixels came
+    from (decoded file identity and size, or a generator's), ``params`` how they were made.
+    """
+    npy_path, entry_path = store.npy_path(file_name), store.entry_path(file_name)
+    for stale in (entry_path, npy_path):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    atomic_write(npy_path, lambda f: np.save(f, video, allow_pickle=False), fsync=fsync)
+    entry = {
+        "format": STORE_FORMAT,
+        "file_name": file_name,
+        "file": f"{_CLIPS_DIR}/{file_name}.npy",
+        "frames": int(video.shape[0]),
+        "channels": int(video.shape[1]),
+        "height": int(video.shape[2]),
+        "width": int(video.shape[3]),
+        "dtype": "uint8",
+        "fps": float(fps),
+        "grey": bool(grey),
+        **source,
+        "params": dict(params),
+        "nbytes": npy_path.stat().st_size,
+        "checksum": _checksum(video),
+    }
+    payload = json.dumps(entry, indent=1, sort_keys=True).encode()
+    atomic_write(entry_path, lambda f: f.write(payload), fsync=fsync)
+    return entry
+
+
 def _build_entry(task: dict[str, Any]) -> dict[str, Any]:
     """Decode one video and write its entry; runs in a worker. Returns the entry or an error."""
     file_name, path = task["file_name"], task["path"]
@@ -435,33 +478,17 @@ def _build_entry(task: dict[str, Any]) -> dict[str, Any]:
         source_height, source_width = frames.shape[1:3]
         video, grey = preprocess_frames(frames, params)
         del frames
-        npy_path, entry_path = store.npy_path(file_name), store.entry_path(file_name)
-        # old entry first: a crash from here on leaves nothing trusted for this video
-        for stale in (entry_path, npy_path):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-        atomic_write(npy_path, lambda f: np.save(f, video, allow_pickle=False), fsync=task["fsync"])
-        entry = {
-            "format": STORE_FORMAT,
-            "file_name": file_name,
-            "file": f"{_CLIPS_DIR}/{file_name}.npy",
-            "frames": int(video.shape[0]),
-            "channels": int(video.shape[1]),
-            "height": int(video.shape[2]),
-            "width": int(video.shape[3]),
-            "dtype": "uint8",
-            "fps": float(fps),
-            "grey": bool(grey),
-            "source_height": int(source_height),
-            "source_width": int(source_width),
-            **identity,
-            "params": task["params"],
-            "nbytes": npy_path.stat().st_size,
-            "checksum": _checksum(video),
-        }
-        payload = json.dumps(entry, indent=1, sort_keys=True).encode()
-        atomic_write(entry_path, lambda f: f.write(payload), fsync=task["fsync"])
-        return entry
+        return write_entry(
+            store,
+            file_name,
+            video,
+            fps=float(fps),
+            grey=grey,
+            source={"source_height": int(source_height), "source_width": int(source_width)}
+            | identity,
+            params=task["params"],
+            fsync=task["fsync"],
+        )
     except (VideoReadError, ClipStoreError, OSError, ValueError) as exc:
         return {"file_name": file_name, "error": f"{path}: {exc}"}
 

@@ -472,20 +472,16 @@ def _speckle(
     rho = np.float32(params.speckle_correlation ** (50.0 / params.fps))  # same per second
     innov = np.float32(math.sqrt(1.0 - float(rho) ** 2))
     raw = np.frombuffer(rng.bytes(2 * int(np.prod(shape))), dtype=np.uint8)
-    field_ = raw.reshape(2, *shape).astype(np.float32)
-    field_ -= np.float32(127.5)
-    re, im = field_[0], field_[1]
+    field_ = np.subtract(raw.reshape(2, *shape), np.float32(127.5), dtype=np.float32)
     axial = params.speckle_size_px
     lateral = 1.6 * axial
+    for t in range(1, frames):  # real and imaginary parts in one operation per frame
+        field_[:, t] *= innov
+        field_[:, t] += rho * field_[:, t - 1]
+    re, im = field_[0], field_[1]
     for t in range(frames):
-        if t > 0:
-            re[t] *= innov
-            re[t] += rho * re[t - 1]
-            im[t] *= innov
-            im[t] += rho * im[t - 1]
-    for t in range(frames):
-        re[t] = cv2.GaussianBlur(re[t], (0, 0), sigmaX=lateral, sigmaY=axial)
-        im[t] = cv2.GaussianBlur(im[t], (0, 0), sigmaX=lateral, sigmaY=axial)
+        cv2.GaussianBlur(re[t], (0, 0), dst=re[t], sigmaX=lateral, sigmaY=axial)
+        cv2.GaussianBlur(im[t], (0, 0), dst=im[t], sigmaX=lateral, sigmaY=axial)
     re *= re
     im *= im
     re += im
@@ -719,7 +715,8 @@ def render_phantom(params: PhantomParams) -> RenderedEcho:
     myo_level = myo_level[crop].astype(np.float32)
     atrial_level = np.float32(0.6) * myo_level
     peri_width = np.float32(2.5)
-    inner = background[crop][None] + np.zeros(shape, dtype=np.float32)
+    inner = np.empty(shape, dtype=np.float32)
+    inner[:] = background[crop]
     occ = np.clip(np.minimum(sdf_heart + 0.5, peri_width + 0.5 - sdf_heart), 0.0, 1.0)
     inner += (peri_level - inner) * occ
     occ_v = _occupancy(sdf_ventricles)
@@ -737,14 +734,13 @@ def render_phantom(params: PhantomParams) -> RenderedEcho:
 
     # ---- speckle, log compression, blur, sector, grey map
     echo *= _speckle(rng, params, echo.shape)
-    image = np.log10(echo, out=echo)
-    scale = np.float32(20.0 / params.dynamic_range_db)
-    image *= scale
+    image = np.log(echo, out=echo)  # natural log (SIMD): ~9x faster than log10
+    image *= np.float32(20.0 / (params.dynamic_range_db * math.log(10.0)))
     image += np.float32(1.0 + params.gain_db / params.dynamic_range_db)
     np.clip(image, 0.0, 1.0, out=image)
     if params.blur_px > 0:
         for t in range(n):
-            image[t] = cv2.GaussianBlur(image[t], (0, 0), sigmaX=params.blur_px)
+            cv2.GaussianBlur(image[t], (0, 0), dst=image[t], sigmaX=params.blur_px)
     half = params.sector_half_angle_rad
     sector = np.clip(
         np.minimum((half - np.abs(angle)) * radius, params.sector_radius - radius) + 0.5, 0, 1
@@ -753,7 +749,7 @@ def render_phantom(params: PhantomParams) -> RenderedEcho:
     image += np.float32(0.5)
     levels = np.arange(4096) / 4095.0
     grey_map = np.clip(np.rint(255.0 * levels**params.contrast_gamma), 0, 255).astype(np.uint8)
-    frames = grey_map[image.astype(np.uint16)]
+    frames = np.take(grey_map, image.astype(np.uint16))  # 4x faster than indexing
 
     lv_cavity = np.zeros((n, size, size), dtype=np.float32)
     lv_cavity[window] = lv_window

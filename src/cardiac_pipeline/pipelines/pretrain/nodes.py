@@ -1,4 +1,4 @@
-"""Nodes of the pretrain pipeline: source corpus -> index -> clip store -> pretrained backbone."""
+"""Nodes of the pretrain pipeline: source corpus (a clip store) -> pretrained backbone."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import pandas as pd
 
 from cardiac_pipeline.config import PretrainConfig, keys_of
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.echo.echonet import build_video_index, summarise_ingestion
 from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
 from cardiac_pipeline.params import check_keys
-from cardiac_pipeline.pipelines.preprocessing.nodes import decode_clip_store
 from cardiac_pipeline.pipelines.synthetic.nodes import generate_synthetic_folder
 from cardiac_pipeline.tracking import flatten_params, log_metrics
 
@@ -46,26 +45,21 @@ def generate_pretrain_corpus(pretrain: dict[str, Any]) -> Path:
     return generate_synthetic_folder(pretrain["corpus_root"], dict(pretrain["corpus"]))
 
 
-def ingest_pretrain_corpus(
-    pretrain_raw: Path, ingestion: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate the corpus like any EchoNet folder; usable rows and rejects."""
-    index, rejects = build_video_index(pretrain_raw, **ingestion)
-    logger.info("%s: %s", pretrain_raw, summarise_ingestion(index, rejects))
-    log_metrics({"pretrain.corpus.usable": len(index), "pretrain.corpus.rejected": len(rejects)})
-    return index, rejects
-
-
-def decode_pretrain_clip_store(
-    pretrain_video_index: pd.DataFrame,
-    pretrain_raw: Path,
-    preprocessing: dict[str, Any],
-    pretrain_clip_store_folder: Path,
-) -> ClipStore:
-    """Decode the corpus once into its own clip store (resumable, like the target's)."""
-    return decode_clip_store(
-        pretrain_video_index, pretrain_raw, preprocessing, pretrain_clip_store_folder
-    )
+def open_pretrain_corpus(pretrain_raw: Path) -> tuple[ClipStore, pd.DataFrame]:
+    """The corpus's clip store and its videos (``FileList.csv``): the generator renders the
+    frames straight into the store (``output: clip_store``), so nothing is ingested or
+    decoded here; a video the list names but the store lacks stops the run."""
+    root = Path(pretrain_raw)
+    store = ClipStore(root)
+    index = pd.read_csv(root / "FileList.csv")
+    missing = [name for name in index["FileName"].astype(str) if name not in store]
+    if missing:
+        raise UserError(
+            f"{root}: {len(missing)} videos of FileList.csv have no clip store entry (e.g. "
+            f"{missing[0]}); delete the folder and run again to regenerate the corpus"
+        )
+    log_metrics({"pretrain.corpus.usable": len(index)})
+    return store, index
 
 
 def _run_pretraining(
