@@ -141,10 +141,10 @@ def _avi_route(frames: np.ndarray, fps: int, folder: Path) -> np.ndarray:
 
 def bench_corpus(videos: int) -> None:
     from cardiac_pipeline.echo.sites import get_site
-    from cardiac_pipeline.echo.synthetic import SyntheticConfig, jpeg_round_trip, synthesize_video
+    from cardiac_pipeline.echo.synthetic import LabelConventions, jpeg_round_trip, synthesize_video
 
     site = get_site("source", SITES["source"])
-    quality = SyntheticConfig().clip_jpeg_quality
+    quality = LabelConventions().clip_jpeg_quality
     clips = [synthesize_video(11, "TRAIN", i, site) for i in range(videos)]
     before = after = 0.0
     errors_avi, errors_jpeg = [], []
@@ -216,14 +216,14 @@ def corpus_check(checkpoint: Path, avi_store: Path, videos: int) -> None:
     from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts
     from cardiac_pipeline.echo.clipstore import ClipStore
     from cardiac_pipeline.echo.sites import get_site
-    from cardiac_pipeline.echo.synthetic import SyntheticConfig, jpeg_round_trip, synthesize_video
+    from cardiac_pipeline.echo.synthetic import LabelConventions, jpeg_round_trip, synthesize_video
     from cardiac_pipeline.model.backbone import create_backbone
     from cardiac_pipeline.model.pretrain import encode_videos, video_embedding
 
     backbone = create_backbone("echo-convnext-tiny", pretrained=checkpoint)
     model = backbone.model.eval()
     store, spec = ClipStore(avi_store), ClipSpec(frames=4, period=6, target_fps=30)
-    site, quality = get_site("source", SITES["source"]), SyntheticConfig().clip_jpeg_quality
+    site, quality = get_site("source", SITES["source"]), LabelConventions().clip_jpeg_quality
     avi_clips, jpeg_clips = [], []
     for i in range(videos):
         video = synthesize_video(11, "TRAIN", i, site)

@@ -269,7 +269,7 @@ def test_clip_store_output_holds_the_videos_the_avi_route_would(tmp_path):
     assert not (tmp_path / "Videos").exists()
     store = ClipStore(tmp_path)
     assert sorted(store.file_names()) == sorted(filelist["FileName"])
-    quality = synthetic.SyntheticConfig().clip_jpeg_quality
+    quality = synthetic.LabelConventions().clip_jpeg_quality
     for row in filelist.to_dict("records"):
         frames = store.load(row["FileName"])
         assert frames.shape == (row["NumberOfFrames"], 1, 112, 112)
