@@ -106,7 +106,8 @@ def test_a_fewshot_run_ends_with_its_summary_printed_whole(
             "fewshot_summary_table": table,
         }
     )
-    pipeline = SimpleNamespace(all_outputs=lambda: {"fewshot_summary", "fewshot_summary_table"})
+    outputs = {"fewshot_summary", "fewshot_summary_table", "fewshot.k1_seed0.predictions"}
+    pipeline = SimpleNamespace(all_outputs=lambda: outputs)  # a model's predictions: no screen
     hook = hooks.EndOfRunHook()
     hook.after_context_created(SimpleNamespace(params={"evaluation": {"ci_level": 0.9}}))
     hook.after_pipeline_run({}, pipeline, catalog)

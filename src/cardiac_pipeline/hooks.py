@@ -241,27 +241,28 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _summary(title: str, full_table: str) -> Any:
-    def screen(catalog: Any, prefix: str, name: str, params: dict[str, Any]) -> str:
+    def screen(catalog: Any, name: str, params: dict[str, Any]) -> str:
         return summary_screen(
-            catalog.load(prefix + name),
+            catalog.load(name),
             title,
-            saved_path(catalog, prefix + full_table),
+            saved_path(catalog, full_table),
             ci_level=float(params["evaluation"]["ci_level"]),
         )
 
     return screen
 
 
-def _predictions(catalog: Any, prefix: str, name: str, params: dict[str, Any]) -> str:
+def _predictions(catalog: Any, name: str, params: dict[str, Any]) -> str:
     return predictions_screen(
-        catalog.load(prefix + name),
-        len(catalog.load(prefix + "prediction_failures")),
-        saved_path(catalog, prefix + name),
-        report=saved_path(catalog, prefix + "predict_report"),
+        catalog.load(name),
+        len(catalog.load("prediction_failures")),
+        saved_path(catalog, name),
+        report=saved_path(catalog, "predict_report"),
     )
 
 
-# the datasets a run ends with (by name, without a namespace) and how each is shown
+# the datasets a run ends with (top-level names: a namespaced fewshot.k1_seed0.predictions
+# is not the predict pipeline's) and how each is shown
 END_SCREENS: dict[str, Any] = {
     "fewshot_summary": _summary("Few-shot summary (TEST set)", "fewshot_summary_table"),
     "benchmark_summary": _summary("Benchmark (TEST set)", "benchmark_summary_table"),
@@ -295,8 +296,7 @@ class EndOfRunHook:
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        for output in sorted(pipeline.all_outputs()):
-            prefix, _, name = output.rpartition(".")
-            if name in END_SCREENS:
-                prefix = prefix + "." if prefix else ""
-                click.echo("\n" + END_SCREENS[name](catalog, prefix, name, self._params))
+        outputs = pipeline.all_outputs()
+        for name, screen in END_SCREENS.items():
+            if name in outputs:
+                click.echo("\n" + screen(catalog, name, self._params))
