@@ -104,11 +104,13 @@ def test_a_fewshot_run_ends_with_its_summary_printed_whole(
         datasets={
             "fewshot_summary": MemoryDataset(summary(ood=False)),
             "fewshot_summary_table": table,
-            "params:evaluation": MemoryDataset({"ci_level": 0.9}),
         }
     )
-    pipeline = SimpleNamespace(all_outputs=lambda: {"fewshot_summary", "fewshot_summary_table"})
-    hooks.EndOfRunHook().after_pipeline_run({}, pipeline, catalog)
+    outputs = {"fewshot_summary", "fewshot_summary_table", "fewshot.k1_seed0.predictions"}
+    pipeline = SimpleNamespace(all_outputs=lambda: outputs)  # a model's predictions: no screen
+    hook = hooks.EndOfRunHook()
+    hook.after_context_created(SimpleNamespace(params={"evaluation": {"ci_level": 0.9}}))
+    hook.after_pipeline_run({}, pipeline, catalog)
 
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "Few-shot summary (TEST set)" and "MAE ± SD (90% CI)" in lines[1]

@@ -241,32 +241,28 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _summary(title: str, full_table: str) -> Any:
-    def screen(catalog: Any, prefix: str, name: str) -> str:
+    def screen(catalog: Any, name: str, params: dict[str, Any]) -> str:
         return summary_screen(
-            _load(catalog, prefix + name),
+            catalog.load(name),
             title,
-            saved_path(catalog, prefix + full_table),
-            ci_level=float(_load(catalog, "params:evaluation")["ci_level"]),
+            saved_path(catalog, full_table),
+            ci_level=float(params["evaluation"]["ci_level"]),
         )
 
     return screen
 
 
-def _predictions(catalog: Any, prefix: str, name: str) -> str:
+def _predictions(catalog: Any, name: str, params: dict[str, Any]) -> str:
     return predictions_screen(
-        _load(catalog, prefix + name),
-        len(_load(catalog, prefix + "prediction_failures")),
-        saved_path(catalog, prefix + name),
-        report=saved_path(catalog, prefix + "predict_report"),
+        catalog.load(name),
+        len(catalog.load("prediction_failures")),
+        saved_path(catalog, name),
+        report=saved_path(catalog, "predict_report"),
     )
 
 
-def _load(catalog: Any, name: str) -> Any:
-    """``name`` read from its dataset (the catalog would log a line under the table)."""
-    return catalog.get(name).load()
-
-
-# the datasets a run ends with (by name, without a namespace) and how each is shown
+# the datasets a run ends with (top-level names: a namespaced fewshot.k1_seed0.predictions
+# is not the predict pipeline's) and how each is shown
 END_SCREENS: dict[str, Any] = {
     "fewshot_summary": _summary("Few-shot summary (TEST set)", "fewshot_summary_table"),
     "benchmark_summary": _summary("Benchmark (TEST set)", "benchmark_summary_table"),
@@ -277,7 +273,7 @@ END_SCREENS: dict[str, Any] = {
 def saved_path(catalog: Any, name: str) -> str:
     """Where ``name`` was saved (its newest version), relative to the working folder."""
     try:
-        path = Path(str(catalog.get(name)._get_load_path()))  # Kedro's versioned path
+        path = Path(str(catalog[name]._get_load_path()))  # Kedro's versioned path
     except Exception:  # not a file dataset: say its name
         return name
     try:
@@ -291,9 +287,16 @@ class EndOfRunHook:
     line (a log record would be wrapped by the handler's columns); the full table's path
     below it."""
 
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._params = context.params
+
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        for output in sorted(pipeline.all_outputs()):
-            prefix, _, name = output.rpartition(".")
-            if name in END_SCREENS:
-                click.echo("\n" + END_SCREENS[name](catalog, prefix + "." if prefix else "", name))
+        outputs = pipeline.all_outputs()
+        for name, screen in END_SCREENS.items():
+            if name in outputs:
+                click.echo("\n" + screen(catalog, name, self._params))
