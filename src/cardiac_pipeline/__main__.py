@@ -131,8 +131,8 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     import torch
 
     from cardiac_pipeline.config import FewshotConfig, build_section
-    from cardiac_pipeline.echo.clipstore import atomic_write
     from cardiac_pipeline.echo.kshot import k_shot_split
+    from cardiac_pipeline.io import atomic_write
     from cardiac_pipeline.model import distributed, recipe
     from cardiac_pipeline.tracking import log_metrics
 

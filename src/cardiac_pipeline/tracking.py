@@ -36,7 +36,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 logger = logging.getLogger(__name__)
 

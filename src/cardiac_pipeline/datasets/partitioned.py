@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from kedro.io import AbstractVersionedDataset, DatasetError, Version
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 
 class _VersionedFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 logger = logging.getLogger(__name__)
 

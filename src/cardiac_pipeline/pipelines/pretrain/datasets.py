@@ -19,7 +19,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 
 def _config_hash(path: Path) -> str | None:
