@@ -215,3 +215,33 @@ def test_log_params_on_a_resumed_run_keeps_first_values(store):
         tracking.log_params({"training": {"epochs": 2, "device": "cuda", "lr": 0.1}})
     params = MlflowClient(store["uri"]).get_run(run.info.run_id).data.params
     assert params == {"training.epochs": "2", "training.device": "cpu", "training.lr": "0.1"}
+
+
+def test_a_finished_model_run_of_another_live_pipeline_run_is_not_continued(store):
+    """Two runs met in one work folder: the second starts its own model run."""
+    hooks.setup_mlflow(store["config"], store["root"])
+    client = MlflowClient(store["uri"])
+    work = store["root"] / "work" / "k1_seed0-met"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        live = {
+            tracking.HOST_TAG: socket.gethostname(),
+            tracking.PID_TAG: str(other.pid),
+            tracking.PID_START_TAG: tracking._process_start(other.pid) or "",
+        }
+        with (
+            mlflow.start_run(run_name="fewshot", tags=live) as first_parent,
+            tracking.model_run(work, "k1_seed0", {"k": 1, "seed": 0}) as first,
+        ):
+            pass
+        client.update_run(first_parent.info.run_id, status="RUNNING")  # still evaluating
+        with (
+            mlflow.start_run(run_name="fewshot", tags=tracking.process_tags()),
+            tracking.model_run(work, "k1_seed0", {"k": 1, "seed": 0}) as second,
+        ):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+    assert second != first
+    assert client.get_run(first).data.tags[tracking.PARENT_TAG] == first_parent.info.run_id
