@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if new != text:
-        from cardiac_pipeline.echo.clipstore import atomic_write
+        from cardiac_pipeline.io import atomic_write
 
         atomic_write(readme_path, lambda f: f.write(new.encode("utf-8")), fsync=False)
     print(f"{readme_path}: {args.block} table from {shown}")

@@ -252,3 +252,33 @@ def test_video_names_go_to_mlflow_as_their_fingerprints_under_hash(tmp_path, mon
         assert tracking.source_tags()["mlflow.source.name"].startswith("path:")
     finally:
         tracking.configure(Path.cwd())
+
+
+def test_a_finished_model_run_of_another_live_pipeline_run_is_not_continued(store):
+    """Two runs met in one work folder: the second starts its own model run."""
+    hooks.setup_mlflow(store["config"], store["root"])
+    client = MlflowClient(store["uri"])
+    work = store["root"] / "work" / "k1_seed0-met"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        live = {
+            tracking.HOST_TAG: socket.gethostname(),
+            tracking.PID_TAG: str(other.pid),
+            tracking.PID_START_TAG: tracking._process_start(other.pid) or "",
+        }
+        with (
+            mlflow.start_run(run_name="fewshot", tags=live) as first_parent,
+            tracking.model_run(work, "k1_seed0", {"k": 1, "seed": 0}) as first,
+        ):
+            pass
+        client.update_run(first_parent.info.run_id, status="RUNNING")  # still evaluating
+        with (
+            mlflow.start_run(run_name="fewshot", tags=tracking.process_tags()),
+            tracking.model_run(work, "k1_seed0", {"k": 1, "seed": 0}) as second,
+        ):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+    assert second != first
+    assert client.get_run(first).data.tags[tracking.PARENT_TAG] == first_parent.info.run_id

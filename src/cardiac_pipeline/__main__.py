@@ -284,7 +284,7 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
 def _save_checkpoint(checkpoint: dict[str, Any], out: Path) -> None:
     import torch
 
-    from cardiac_pipeline.echo.clipstore import atomic_write
+    from cardiac_pipeline.io import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda handle: torch.save(checkpoint, handle), fsync=False)

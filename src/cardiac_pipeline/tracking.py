@@ -39,7 +39,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -315,10 +315,20 @@ def _resumable_run(record: Path, parent: str) -> Any:
     if not old_parent:
         return None
     try:
-        parent_status = client.get_run(old_parent).info.status
+        old = client.get_run(old_parent)
     except MlflowException:
         return None
-    return run if parent_status != _FINISHED and old_parent != parent else None
+    if old.info.status == _FINISHED or old_parent == parent or _runs_elsewhere(old.data.tags):
+        return None
+    return run  # its pipeline run was killed after it: continue it under this one
+
+
+def _runs_elsewhere(tags: Mapping[str, str]) -> bool:
+    """The run's process is alive (another run that met this one): not to be continued."""
+    pid = tags.get(PID_TAG, "")
+    if tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) != os.getpid() and _process_alive(int(pid), tags.get(PID_START_TAG))
 
 
 # --------------------------------------------------------------------------- paths

@@ -1,5 +1,7 @@
 import json
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from cardiac_pipeline.echo.clipstore import (
     store_key,
 )
 from cardiac_pipeline.echo.video import read_video, write_video
+from cardiac_pipeline.io import LOCK_FILE
+from tests.processes import SPAWN, another_process_holding, wait_until
 
 SIZE = 32
 
@@ -213,15 +217,49 @@ def test_failed_video_raises_or_is_listed(tmp_path):
     assert [name for name, _ in manifest.attrs["failures"]] == ["BAD"]
 
 
-def test_concurrent_build_of_one_store_is_refused(tmp_path):
-    fcntl = pytest.importorskip("fcntl")
-    index = make_index(tmp_path, n=1)
-    root = tmp_path / "store"
-    root.mkdir()
-    with open(root / ".build.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        with pytest.raises(ClipStoreError, match="another build"):
-            build(index, root)
+def build_gated(index, root, started, go) -> None:
+    """Another process's build that pauses, holding the lock, before its first video."""
+    decode = clipstore._build_entry
+
+    def gated(task):
+        started.set()
+        go.wait(120)
+        return decode(task)
+
+    clipstore._build_entry = gated
+    build(index, root)
+
+
+def test_second_build_waits_for_the_first_then_reuses_its_entries(tmp_path, caplog):
+    pytest.importorskip("fcntl")
+    index, root = make_index(tmp_path, n=2), tmp_path / "store"
+    started, go = SPAWN.Event(), SPAWN.Event()
+    first = SPAWN.Process(target=build_gated, args=(index, root, started, go))
+    first.start()
+    try:
+        assert started.wait(120), "the first build never started"
+        caplog.set_level(logging.INFO, logger="cardiac_pipeline.io")
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(build, index, root)
+            wait_until(lambda: "being built by" in caplog.text, "the second build waiting")
+            assert f"clip store {root.name} is being built by process" in caplog.text
+            go.set()
+            manifest = second.result(timeout=120)
+    finally:
+        go.set()
+        first.join(120)
+    assert first.exitcode == 0
+    assert (manifest["status"] == "skipped").all()  # decoded by the first, reused
+    assert ClipStore(root).verify_all() == {}
+
+
+def test_complete_store_is_read_while_another_process_holds_its_lock(tmp_path):
+    pytest.importorskip("fcntl")
+    index, root = make_index(tmp_path, n=2), tmp_path / "store"
+    build(index, root)
+    with another_process_holding(root / LOCK_FILE), ThreadPoolExecutor(1) as pool:
+        manifest = pool.submit(build, index, root).result(timeout=120)
+    assert (manifest["status"] == "skipped").all()
 
 
 def test_store_key_separates_datasets_and_params(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from cardiac_pipeline.echo.clips import effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store
 from cardiac_pipeline.echo.echonet import build_video_index
 from cardiac_pipeline.echo.synthetic import generate_dataset
+from cardiac_pipeline.io import LOCK_FILE
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import create_backbone
 from cardiac_pipeline.model.features import (
@@ -29,6 +32,7 @@ from cardiac_pipeline.model.features import (
 from cardiac_pipeline.model.mfl import AttentionPool, TemporalPool, clip_spread
 from cardiac_pipeline.model.pretrain import pretrain_clip, zero_shot_predict
 from cardiac_pipeline.nn.encoders import create_encoder
+from tests.processes import another_process_holding, wait_until
 
 ARCH = "echo-convnext-tiny"
 CLIPS = {"frames": 4, "period": 2, "target_fps": None, "pad_mode": "zero", "val_clips": 1}
@@ -152,6 +156,31 @@ def test_store_is_reused_when_weights_are_unchanged_and_rebuilt_when_they_change
     assert (
         feature_store_key(again, store, recipe.clip_spec({**CLIPS, "period": 3}), ARCH) != changed
     )
+
+
+def test_complete_store_is_read_and_a_build_waits_while_another_process_builds(
+    site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("fcntl")
+    store, table, path = site
+    spec = recipe.clip_spec(CLIPS)
+    model = recipe.build_cardiac_clip(_arch(path), seed=0)
+    key = feature_store_key(model, store, spec, ARCH)
+    root = tmp_path / key_digest(key)
+    names = list(table["FileName"])
+
+    def build(videos):
+        return build_feature_store(model, store, root, videos, spec, key=key, progress=False)
+
+    build(names[:2])
+    caplog.set_level(logging.INFO, logger="cardiac_pipeline.io")
+    with another_process_holding(root / LOCK_FILE) as (_, release), ThreadPoolExecutor(1) as pool:
+        assert pool.submit(build, names[:2]).result(timeout=120).attrs["encoded"] == 0
+        assert "being built" not in caplog.text  # complete: read without the lock
+        waiting = pool.submit(build, names[:3])  # a video more: waits for the lock
+        wait_until(lambda: "being built by" in caplog.text, "the build waiting")
+        release.set()
+        assert waiting.result(timeout=120).attrs["encoded"] == 1
 
 
 def test_the_kedro_dataset_opens_the_store_of_the_last_build(site, tmp_path: Path) -> None:

@@ -81,4 +81,5 @@ def test_unreadable_entry_is_an_error_naming_the_file(tmp_path: Path) -> None:
     entry.write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=rf"{entry.name}: unreadable prediction cache"):
         cache.get_or_compute(model, {}, Counter(_table()))
-    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # nothing half-written beside it
+    # nothing half-written beside it; the entry's build lock stays (empty: released)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{entry.stem}.lock", entry.name]

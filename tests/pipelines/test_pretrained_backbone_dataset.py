@@ -3,6 +3,8 @@ for its config instead of training, and the dataset keeps every config's checkpo
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ from cardiac_pipeline.pipelines.pretrain.datasets import (
     PretrainedBackboneArchive,
     PretrainedBackboneDataset,
 )
+from tests.processes import SPAWN, wait_until
 
 PREPROCESSING = {"size": 112}
 
@@ -104,3 +107,39 @@ def test_spelling_out_the_neutral_defaults_keeps_the_config_and_its_checkpoint()
     assert config_hash({"arch": "toy", **config()}) != config_hash(
         {"arch": "toy", **config(epochs=4)}
     )
+
+
+def keep_when_told(current: Path, archive: Path, wanted: str, held, go) -> None:
+    """Another run pretraining ``wanted``: holds its build lock until ``go``, then keeps it."""
+    checkpoints = PretrainedBackboneArchive(str(current), str(archive)).load()
+    with checkpoints.building(wanted):
+        held.set()
+        go.wait(120)
+        state = {"weight": torch.full((2, 2), 7.0)}
+        checkpoints.keep({"arch": "toy", "state_dict": state, "meta": {"config_hash": wanted}})
+
+
+def test_a_run_meeting_another_pretraining_its_config_waits_and_restores_that_checkpoint(
+    tmp_path: Path, corpus, calls, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("fcntl")
+    current, archive = tmp_path / "out" / "pretrained_backbone.pt", tmp_path / "archive"
+    params = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": 20, "seed": 0}
+    wanted = config_hash({"arch": "toy", **nodes.pretraining_config(params, PREPROCESSING, 2)})
+    held, go = SPAWN.Event(), SPAWN.Event()
+    other = SPAWN.Process(target=keep_when_told, args=(current, archive, wanted, held, go))
+    other.start()
+    caplog.set_level(logging.INFO)
+    try:
+        assert held.wait(120), "the other run never started pretraining"
+        with ThreadPoolExecutor(1) as pool:
+            mine = pool.submit(_pretrain, corpus, current, archive, 20)
+            wait_until(lambda: "being built by" in caplog.text, "this run waiting")
+            go.set()
+            mine.result(timeout=120)
+    finally:
+        go.set()
+        other.join(120)
+    assert calls == []  # not pretrained twice: the other run's checkpoint restored
+    assert torch.equal(_weights(current), torch.full((2, 2), 7.0))
+    assert "kept by another run meanwhile; reusing" in caplog.text

@@ -15,7 +15,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
+from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.io import atomic_write
 
 POINTER = "current.json"
 

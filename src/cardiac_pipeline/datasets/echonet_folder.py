@@ -51,6 +51,11 @@ class EchoNetFolderDataset(AbstractDataset[Path, Path]):
             raise DatasetError(
                 f"{root} holds a dataset the project did not generate; not replacing it"
             )
+        if (root / MARKER).is_file() and (root / MARKER).read_text() == (
+            staged / MARKER
+        ).read_text():
+            shutil.rmtree(staged)  # another run published the same dataset; it may be reading it
+            return
         if root.exists():
             shutil.rmtree(root)
         staged.rename(root)

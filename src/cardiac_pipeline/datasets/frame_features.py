@@ -15,7 +15,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 
 class FrameFeatureStoreDataset(AbstractDataset[Any, Any]):

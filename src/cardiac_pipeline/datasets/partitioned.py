@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from kedro.io import AbstractVersionedDataset, DatasetError, Version
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 
 class _VersionedFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
@@ -46,9 +46,17 @@ class _VersionedFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str,
         root = Path(str(self._filepath))
         return root / version / root.name / f"{self._member}{self.suffix}"
 
+    def _own_version(self) -> str | None:
+        """This run's version when it saved one: a run loads what it saved itself, not the
+        latest on disk, which may be another run's started at the same time."""
+        return self._version.save if self._version and not self._version.load else None
+
     def _member_load_file(self) -> Path:
         if self._version and self._version.load:
             return self._member_file(self._version.load)
+        own = self._own_version()
+        if own and self._member_file(own).is_file():
+            return self._member_file(own)
         root = Path(str(self._filepath))
         found = sorted(root.glob(f"*/{root.name}/{self._member}{self.suffix}"))
         if not found:
@@ -60,7 +68,9 @@ class _VersionedFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str,
     def load(self) -> Any:
         if self._member is not None:
             return self._read_member(self._member_load_file())
-        folder = Path(str(self._get_load_path()))
+        own = self._own_version()
+        saved = Path(str(self._get_versioned_path(own))) if own else None
+        folder = saved if saved and saved.is_dir() else Path(str(self._get_load_path()))
         if not folder.is_dir():
             raise DatasetError(f"{folder}: no such folder (has the producing pipeline run?)")
         return {

@@ -20,7 +20,9 @@ the preprocessing params; anything else is rebuilt. ``ClipStore.load`` checks ch
 (file size, shape, dtype against the entry: one ``stat`` and the ``.npy`` header);
 ``ClipStore.verify`` also recomputes the SHA-1 of the pixels (reads the whole file).
 
-One build per store at a time (a lock file enforces it on POSIX).
+A complete store is read without any lock. A build holds the store's lock
+(``cardiac_pipeline.io.build_lock``): a second run that needs to build the same store waits
+for the first (with a log line), then skips everything the first one decoded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import logging
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from cardiac_pipeline.echo.video import VideoReadError, probe_video, read_video
+from cardiac_pipeline.io import LOCK_FILE, TMP_PREFIX, atomic_write, build_lock
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,6 @@ STORE_FORMAT = 1
 _CLIPS_DIR = "clips"
 _ENTRIES_DIR = "entries"
 _MANIFEST = "manifest.csv"
-_LOCK = ".build.lock"
-_TMP_PREFIX = ".tmp-"
 _GREY_CHUNK_FRAMES = 32  # frames compared per step in the grey test (bounds its memory)
 
 Fit = Literal["stretch", "center_crop", "pad"]
@@ -138,36 +138,6 @@ def _check_file_name(file_name: str) -> None:
         raise ClipStoreError(f"{file_name!r}: not usable as a store file name")
 
 
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()  # what open() would give; mkstemp makes files owner-only
-
-
-def atomic_write(path: Path, write, *, fsync: bool) -> None:
-    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename.
-
-    The file gets the permissions a plain ``open()`` would give it (others may read a
-    model or a cache, as with any file the user writes).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 class ClipStore:
     """Read access to a clip store folder (see the module docstring for the layout).
 
@@ -237,7 +207,7 @@ class ClipStore:
         folder = self.root / _ENTRIES_DIR
         if not folder.is_dir():
             return []
-        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(_TMP_PREFIX))
+        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(TMP_PREFIX))
 
     def __len__(self) -> int:
         return len(self.file_names())
@@ -499,24 +469,6 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one video per worker process; no thread oversubscription
 
 
-@contextlib.contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, one build at a time is on the caller
-        yield
-        return
-    with open(root / _LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ClipStoreError(f"{root}: another build of this clip store is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _fps_hint(row: Mapping[str, Any]) -> float | None:
     value = row.get("FPS")
     try:
@@ -549,10 +501,9 @@ def build_clip_store(
     stops at the first video that fails (entries done so far stay valid); ``"skip"`` logs
     it, leaves it out of the manifest and lists it in ``manifest.attrs["failures"]``.
     The manifest (``MANIFEST_COLUMNS``, index order) is also written to
-    ``root/manifest.csv``.
+    ``root/manifest.csv`` when something was built. A complete store is read without the
+    build lock; otherwise the build waits for any other process building this store.
     """
-    from tqdm.auto import tqdm
-
     missing = {"FileName", "path"} - set(index.columns)
     if missing:
         raise ValueError(f"video index lacks columns {sorted(missing)}")
@@ -567,59 +518,88 @@ def build_clip_store(
     params = asdict(PreprocessParams(size=size, fit=fit, grey_tolerance=grey_tolerance))
 
     root = Path(root)
+    store = ClipStore(root)
+    rows = index.to_dict("records")
+    if all(
+        _is_current(store, str(r["FileName"]), str(r["path"]), params, verify_existing)
+        for r in rows
+    ):  # complete: read as it is, without the build lock (another run may hold it)
+        logger.info("clip store %s: all %d videos decoded before; reused", root.name, len(rows))
+        manifest = pd.DataFrame(
+            [_manifest_row(n, store.entry(n), "skipped") for n in names], columns=MANIFEST_COLUMNS
+        )
+        manifest.attrs["failures"] = []
+        return manifest
+    with build_lock(root / LOCK_FILE, f"clip store {root.name}"):
+        store.refresh()  # the build waited for may have rewritten entries read above
+        return _build_locked(
+            store, rows, params, workers, progress, on_error, verify_existing, fsync
+        )
+
+
+def _build_locked(
+    store: ClipStore,
+    rows: list[dict[str, Any]],
+    params: dict[str, Any],
+    workers: int,
+    progress: bool,
+    on_error: OnError,
+    verify_existing: bool,
+    fsync: bool,
+) -> pd.DataFrame:
+    """``build_clip_store``'s work, under the store's build lock."""
+    from tqdm.auto import tqdm
+
+    root = store.root
     (root / _CLIPS_DIR).mkdir(parents=True, exist_ok=True)
     (root / _ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
-    store = ClipStore(root)
     results: dict[str, dict[str, Any]] = {}
     failures: list[tuple[str, str]] = []
+    for folder in (root / _CLIPS_DIR, root / _ENTRIES_DIR, root):
+        for stale in folder.glob(f"{TMP_PREFIX}*"):  # left by an interrupted build
+            stale.unlink(missing_ok=True)
 
-    with _build_lock(root):
-        for folder in (root / _CLIPS_DIR, root / _ENTRIES_DIR, root):
-            for stale in folder.glob(f"{_TMP_PREFIX}*"):  # left by an interrupted build
-                stale.unlink(missing_ok=True)
-
-        tasks = []
-        with tqdm(total=len(index), desc="clip store", unit="video", disable=not progress) as bar:
-            for row in index.to_dict("records"):
-                name, path = str(row["FileName"]), str(row["path"])
-                if _is_current(store, name, path, params, verify_existing):
-                    results[name] = _manifest_row(name, store.entry(name), "skipped")
-                    bar.update()
-                else:
-                    tasks.append(
-                        {
-                            "file_name": name,
-                            "path": path,
-                            "fps": _fps_hint(row),
-                            "root": str(root),
-                            "params": params,
-                            "fsync": fsync,
-                        }
-                    )
-
-            def handle(result: dict[str, Any]) -> None:
-                name = result["file_name"]
-                if "error" in result:
-                    if on_error == "raise":
-                        raise ClipStoreError(f"clip store {root}: {result['error']}")
-                    logger.warning("clip store: skipped %s", result["error"])
-                    failures.append((name, result["error"]))
-                else:
-                    results[name] = _manifest_row(name, result, "built")
+    tasks = []
+    with tqdm(total=len(rows), desc="clip store", unit="video", disable=not progress) as bar:
+        for row in rows:
+            name, path = str(row["FileName"]), str(row["path"])
+            if _is_current(store, name, path, params, verify_existing):
+                results[name] = _manifest_row(name, store.entry(name), "skipped")
                 bar.update()
-
-            if tasks and workers > 1:
-                context = multiprocessing.get_context("spawn")  # no forked torch/decord state
-                with context.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-                    for result in pool.imap_unordered(_build_entry, tasks):
-                        handle(result)
             else:
-                for task in tasks:
-                    handle(_build_entry(task))
+                tasks.append(
+                    {
+                        "file_name": name,
+                        "path": path,
+                        "fps": _fps_hint(row),
+                        "root": str(root),
+                        "params": params,
+                        "fsync": fsync,
+                    }
+                )
 
-        manifest = pd.DataFrame(
-            [results[n] for n in names if n in results], columns=MANIFEST_COLUMNS
-        )
-        atomic_write(root / _MANIFEST, lambda f: manifest.to_csv(f, index=False), fsync=fsync)
+        def handle(result: dict[str, Any]) -> None:
+            name = result["file_name"]
+            if "error" in result:
+                if on_error == "raise":
+                    raise ClipStoreError(f"clip store {root}: {result['error']}")
+                logger.warning("clip store: skipped %s", result["error"])
+                failures.append((name, result["error"]))
+            else:
+                results[name] = _manifest_row(name, result, "built")
+            bar.update()
+
+        if tasks and workers > 1:
+            context = multiprocessing.get_context("spawn")  # no forked torch/decord state
+            with context.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+                for result in pool.imap_unordered(_build_entry, tasks):
+                    handle(result)
+        else:
+            for task in tasks:
+                handle(_build_entry(task))
+
+    names = [str(row["FileName"]) for row in rows]
+    manifest = pd.DataFrame([results[n] for n in names if n in results], columns=MANIFEST_COLUMNS)
+    atomic_write(root / _MANIFEST, lambda f: manifest.to_csv(f, index=False), fsync=fsync)
     manifest.attrs["failures"] = failures
     return manifest

@@ -32,8 +32,10 @@ architecture, scales, tile, interpolation, pixel normalisation, clip store, clip
     manifest.csv               one row per entry of the last build
 
 The clip store's trust rule holds here too: ``.npy`` then its JSON, each through
-``clipstore.atomic_write``; an entry exists only when its JSON does, and a build skips
+``io.atomic_write``; an entry exists only when its JSON does, and a build skips
 entries whose JSON matches the clip store's entry (so an interrupted build resumes).
+A store that holds every video asked for is read without a lock; a build holds the
+store's ``io.build_lock``, so a second run needing the same features waits, then reuses.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period, eval_clip_starts
-from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
+from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.errors import UserError
+from cardiac_pipeline.io import LOCK_FILE, atomic_write, build_lock
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.prediction_cache import weights_digest
 
@@ -270,15 +273,48 @@ def _build(
     batch_frames: int,
     progress: bool,
 ) -> pd.DataFrame:
+    """Read the store when it holds every video, else build it under its lock."""
+    names = list(dict.fromkeys(str(n) for n in names))
+    if not names:
+        raise ValueError("build_feature_store: no videos to encode")
+    features = FeatureStore(root)
+    if (root / "pad.npy").is_file() and all(
+        _is_current(features, n, clip_store.entry(n)["checksum"]) for n in names
+    ):  # complete: no lock (another run may be building other videos into it)
+        logger.info("frame features: all %d videos reused from %s", len(names), root.name)
+        return _manifest(features, names, seconds=0.0, encoded=0)
+    with build_lock(root / LOCK_FILE, f"frame-feature store {root.name}"):
+        return _encode_missing(model, clip_store, root, names, spec, key, batch_frames, progress)
+
+
+def _manifest(
+    features: FeatureStore, names: list[str], seconds: float, encoded: int
+) -> pd.DataFrame:
+    manifest = pd.DataFrame(
+        [{"FileName": n, **features.entry(n)} for n in names],
+        columns=["FileName", "frames", "step", "shape", "checksum"],
+    )
+    manifest.attrs["seconds"] = seconds
+    manifest.attrs["encoded"] = encoded
+    return manifest
+
+
+def _encode_missing(
+    model: CardiacCLIP,
+    clip_store: ClipStore,
+    root: Path,
+    names: list[str],
+    spec: ClipSpec,
+    key: Mapping[str, Any],
+    batch_frames: int,
+    progress: bool,
+) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     (root / _FEATURES_DIR).mkdir(parents=True, exist_ok=True)
     (root / _ENTRIES_DIR).mkdir(parents=True, exist_ok=True)
     features = FeatureStore(root)
     model = model.eval()
-    names = list(dict.fromkeys(str(n) for n in names))
-    if not names:
-        raise ValueError("build_feature_store: no videos to encode")
     precision = str(key.get("precision", "fp32"))
     unit = frames_per_feature(key)
     key_bytes = json.dumps(dict(key), sort_keys=True, indent=1).encode()
@@ -330,12 +366,7 @@ def _build(
         )
     else:
         logger.info("frame features: all %d videos reused from %s", len(names), root.name)
-    manifest = pd.DataFrame(
-        [{"FileName": n, **features.entry(n)} for n in names],
-        columns=["FileName", "frames", "step", "shape", "checksum"],
-    )
-    manifest.attrs["seconds"] = seconds
-    manifest.attrs["encoded"] = len(todo)
+    manifest = _manifest(features, names, seconds, len(todo))
     atomic_write(root / "manifest.csv", lambda f: manifest.to_csv(f, index=False), fsync=False)
     return manifest
 

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import Dataset
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 ComputeFn = Callable[[list[str]], tuple[np.ndarray, Sequence[str]]]

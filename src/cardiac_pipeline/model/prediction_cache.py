@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write, build_lock
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +103,18 @@ class PredictionCache:
         context: Mapping[str, Any],
         compute: Callable[[], pd.DataFrame],
     ) -> pd.DataFrame:
-        """The predictions table for ``model`` under ``context``; computed at most once."""
+        """The predictions table for ``model`` under ``context``; computed at most once
+        (a run meeting another one computing the same key waits for it, then reads it)."""
         key = self.key(model, context)
         path = self.path(key)
-        if path.exists():
-            table = _load(path, key)
-            logger.info("predictions of these weights reused from %s", path)
-            return table
-        table = compute()
-        _save(path, key, table)
-        return table
+        if not path.exists():
+            with build_lock(path.with_name(f".{path.stem}.lock"), f"predictions {path.stem}"):
+                if not path.exists():
+                    table = compute()
+                    _save(path, key, table)
+                    return table
+        logger.info("predictions of these weights reused from %s", path.name)
+        return _load(path, key)
 
 
 def _load(path: Path, key: str) -> pd.DataFrame:

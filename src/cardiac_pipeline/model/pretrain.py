@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cardiac_pipeline.echo.clips import ClipSpec, clip_at, eval_clip_starts, sample_clip
-from cardiac_pipeline.echo.clipstore import ClipStore, atomic_write
+from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.io import atomic_write
 from cardiac_pipeline.model.backbone import Backbone
 from cardiac_pipeline.model.echozoom import PixelNormalize
 from cardiac_pipeline.model.prompts import ZERO_SHOT_EF_VALUES, zero_shot_ef, zero_shot_ef_prompts

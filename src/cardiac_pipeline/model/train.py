@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from cardiac_pipeline.echo.attention import attended_frames
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write
 from cardiac_pipeline.model import distributed
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 

@@ -39,6 +39,7 @@ from cardiac_pipeline.echo.metrics import (
     summarise_with_ci,
 )
 from cardiac_pipeline.echo.uncertainty import coverage_key, prediction_interval
+from cardiac_pipeline.io import LOCK_FILE, build_lock
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.benchmark import zero_shot_predictions
 from cardiac_pipeline.params import check_keys
@@ -216,7 +217,11 @@ def train_fewshot_model(
         training=run_training,
         features=frame_features,
     )
-    with model_run(work_dir, name, tags) as run_id:
+    # one training per work folder: a run meeting another one training it waits, resumes
+    with (
+        build_lock(work_dir / LOCK_FILE, f"training {name}"),
+        model_run(work_dir, name, tags) as run_id,
+    ):
         if run_id:
             log_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
             mlflow.log_metric("n_train", int((k_shot_split["role"] == "train").sum()))

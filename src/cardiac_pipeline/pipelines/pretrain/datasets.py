@@ -3,8 +3,11 @@
 ``PretrainedBackboneDataset`` is the checkpoint at ``filepath`` (plain, not versioned, so
 that ``backbone.pretrained`` can name it); it loads as the file's path. With
 ``archive_dir`` every checkpoint saved is also kept there as ``<config_hash>.pt``, and
-``PretrainedBackboneArchive`` lists them by config hash: the pretrain node reads that list
-and, for a config pretrained before, returns its file instead of pretraining again.
+``PretrainedBackboneArchive`` lists them by config hash (``PretrainedCheckpoints``): the
+pretrain node reads that list and, for a config pretrained before, returns its file instead
+of pretraining again. A config not there is pretrained under its build lock
+(``PretrainedCheckpoints.building``), and kept there before the lock is released, so a
+second run needing the same config waits for the first and restores its checkpoint.
 
 A save takes either a new checkpoint (``{"arch", "state_dict", "meta"}``, from the node
 that trained it) or the path of a kept one (a restore); the checkpoint it replaces is
@@ -13,13 +16,15 @@ archived first when the archive lacks it (made before archiving existed).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cardiac_pipeline.echo.clipstore import atomic_write
+from cardiac_pipeline.io import atomic_write, build_lock
 
 
 def _config_hash(path: Path) -> str | None:
@@ -28,23 +33,64 @@ def _config_hash(path: Path) -> str | None:
     return (read_checkpoint_meta(path) or {}).get("config_hash")
 
 
-class PretrainedBackboneArchive(AbstractDataset[None, dict[str, Path]]):
+class PretrainedCheckpoints(Mapping[str, Path]):
+    """The checkpoints on disk by config hash (the current file wins), and how a new one
+    is made: ``building(hash)`` then ``keep(checkpoint)`` under it."""
+
+    def __init__(self, filepath: Path, archive: Path | None) -> None:
+        self._filepath, self._archive = filepath, archive
+        self._found = self._scan()
+
+    def _scan(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        kept = (
+            sorted(self._archive.glob("*.pt")) if self._archive and self._archive.is_dir() else []
+        )
+        for path in [*kept, self._filepath]:
+            key = _config_hash(path) if path.is_file() else None
+            if key:
+                found[str(key)] = path
+        return found
+
+    def __getitem__(self, config_hash: str) -> Path:
+        return self._found[config_hash]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    @contextlib.contextmanager
+    def building(self, config_hash: str) -> Iterator[None]:
+        """Hold the build lock of ``config_hash`` (waiting while another run pretrains it),
+        then list the checkpoints again: the run waited for may have kept it."""
+        lock = self._filepath.with_name(f".{self._filepath.stem}.{config_hash}.lock")
+        with build_lock(lock, f"pretrained backbone {config_hash}"):
+            self._found = self._scan()
+            yield
+
+    def keep(self, checkpoint: dict[str, Any]) -> Path:
+        """Write a new checkpoint where its config is found again (inside ``building``)."""
+        import torch
+
+        key = str(checkpoint["meta"]["config_hash"])
+        target = self._archive / f"{key}.pt" if self._archive else self._filepath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda handle: torch.save(checkpoint, handle), fsync=False)
+        self._found[key] = target
+        return target
+
+
+class PretrainedBackboneArchive(AbstractDataset[None, PretrainedCheckpoints]):
     """Checkpoints on disk by config hash: the current file and every archived one."""
 
     def __init__(self, filepath: str, archive_dir: str | None = None) -> None:
         self._filepath = Path(filepath)
         self._archive = Path(archive_dir) if archive_dir else None
 
-    def load(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        kept = (
-            sorted(self._archive.glob("*.pt")) if self._archive and self._archive.is_dir() else []
-        )
-        for path in [*kept, self._filepath]:  # the current file wins
-            key = _config_hash(path) if path.is_file() else None
-            if key:
-                found[str(key)] = path
-        return found
+    def load(self) -> PretrainedCheckpoints:
+        return PretrainedCheckpoints(self._filepath, self._archive)
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{self._filepath}: the checkpoint list is read-only")

@@ -16,6 +16,7 @@ from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
 from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
 from cardiac_pipeline.params import check_keys
+from cardiac_pipeline.pipelines.pretrain.datasets import PretrainedCheckpoints
 from cardiac_pipeline.pipelines.synthetic.nodes import generate_synthetic_folder
 from cardiac_pipeline.tracking import flatten_params, log_metrics
 
@@ -118,12 +119,13 @@ def pretrain_backbone(
     pretrain_raw: Path,
     pretrain: dict[str, Any],
     preprocessing: dict[str, Any],
-    pretrained_backbones: dict[str, Path],
-) -> dict[str, Any] | Path:
+    pretrained_backbones: PretrainedCheckpoints,
+) -> Path:
     """Pretrain the CLIP on the corpus's video-report pairs, unless this config was before.
 
     ``pretrained_backbones`` lists the checkpoints on disk by config hash; a match is
-    returned as its path (the dataset restores it), else the new checkpoint is.
+    returned as its path (the dataset restores it). Else this config is pretrained under
+    its build lock (a run pretraining it already is waited for) and kept there.
     """
     from cardiac_pipeline.model.pretrain import config_hash
 
@@ -134,6 +136,22 @@ def pretrain_backbone(
     if wanted in pretrained_backbones:
         logger.info("Pretrained backbone for this config found (%s); not pretraining", wanted)
         return pretrained_backbones[wanted]
+    with pretrained_backbones.building(wanted):
+        if wanted in pretrained_backbones:
+            logger.info("Pretrained backbone %s kept by another run meanwhile; reusing", wanted)
+            return pretrained_backbones[wanted]
+        checkpoint = _pretrain(arch, table, config, wanted, pretrain, pretrain_clip_store)
+        return pretrained_backbones.keep(checkpoint)
+
+
+def _pretrain(
+    arch: str,
+    table: pd.DataFrame,
+    config: dict[str, Any],
+    wanted: str,
+    pretrain: dict[str, Any],
+    pretrain_clip_store: ClipStore,
+) -> dict[str, Any]:
     logger.info("Pretraining %s on %d video-report pairs", arch, len(table))
     training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
     model, history = _run_pretraining(
