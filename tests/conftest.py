@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -62,3 +63,41 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     return KedroProject(root)
+
+
+@functools.cache
+def conf_base_parameters() -> dict[str, Any]:
+    """conf/base's parameters as Kedro merges them (globals resolved)."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"),
+        base_env="base",
+        default_run_env="base",
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader["parameters"]
+
+
+def conf_base():
+    """The typed conf/base parameters (``config.ProjectConfig``): where tests start from."""
+    from cardiac_pipeline import config
+
+    return config.build_config(conf_base_parameters())
+
+
+def base_recipe(**overrides: dict[str, Any]):
+    """conf/base's fewshot recipe with partial ``overrides`` per section (checked as conf)."""
+    from cardiac_pipeline import config
+
+    base = conf_base()
+    typed = config.Recipe(**{name: getattr(base, name) for name in config.RECIPE_SECTIONS})
+    return config.override(typed, overrides, "test")
+
+
+def loop_config(**overrides: Any):
+    """A ``TrainConfig``: conf/base's training loop with ``overrides``."""
+    import dataclasses
+
+    loop = conf_base().training.loop(eval_batch_size=1)
+    return dataclasses.replace(loop, **overrides)

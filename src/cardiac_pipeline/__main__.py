@@ -16,6 +16,7 @@ with ``backbone.pretrained: pretrain``, the pretrained backbone (``--pipeline pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -120,7 +121,9 @@ def train(argv: Sequence[str]) -> Path | None:
     runtime = _runtime_params(args.params)
     with KedroSession.create(project_path=project, env=args.env, runtime_params=runtime) as session:
         context = session.load_context()
-    distributed.init_from_env(str(context.params.get("training", {}).get("device", "auto")))
+    from cardiac_pipeline.config import section
+
+    distributed.init_from_env(section("training", context.params["training"]).device)
     try:
         return _train_one(context, args)
     finally:
@@ -130,16 +133,15 @@ def train(argv: Sequence[str]) -> Path | None:
 def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     import torch
 
-    from cardiac_pipeline.config import FewshotConfig, build_section
+    from cardiac_pipeline.config import RECIPE_SECTIONS, recipe_of, record, section
     from cardiac_pipeline.echo.clipstore import atomic_write
     from cardiac_pipeline.echo.kshot import k_shot_split
     from cardiac_pipeline.model import distributed, recipe
     from cardiac_pipeline.tracking import log_metrics
 
     params, catalog = context.params, context.catalog
-    sections = {name: params[name] for name in recipe.RECIPE_KEYS}
-    recipe.check_recipe(sections)
-    fewshot = build_section(FewshotConfig, params.get("fewshot"), "fewshot")
+    typed = recipe_of(**{name: params[name] for name in RECIPE_SECTIONS})
+    fewshot = section("fewshot", params["fewshot"])
     split = k_shot_split(
         catalog.load("video_index"),
         k=args.k,
@@ -148,24 +150,22 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
         val_seed=fewshot.val_seed,
         calibration_size=fewshot.calibration_size,
     )
-    backbone = recipe.with_pretrained(sections["backbone"], _pretrained_checkpoint(catalog))
-    arch = {"backbone": backbone, "cardiac_clip": sections["cardiac_clip"]}
+    backbone = recipe.with_pretrained(typed.backbone, _pretrained_checkpoint(catalog))
+    training = dataclasses.replace(typed.training, seed=args.seed)
+    typed = dataclasses.replace(typed, backbone=backbone, training=training)
     name = f"k{args.k}_seed{args.seed}"
     tags = {
         "k": args.k,
         "seed": args.seed,
-        "method": arch["cardiac_clip"].get("method", "cardiac_clip"),
+        "method": typed.cardiac_clip.method,
         "processes": distributed.world_size(),
     }
-    logged = {**arch, "clips": sections["clips"], "training": sections["training"], **tags}
+    logged = {key: record(getattr(typed, key)) for key in RECIPE_SECTIONS} | tags
     with _mlflow_run(context, name, tags, logged) as run_id:
         checkpoint, result = recipe.train_on_split(
             catalog.load("clip_store"),
             split,
-            arch=arch,
-            clips=sections["clips"],
-            training={**sections["training"], "seed": args.seed},
-            eval_batch_size=int(sections["evaluation"].get("batch_size", 1)),
+            typed,
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             progress=distributed.is_main(),
         )
@@ -178,8 +178,8 @@ def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
     logger.info(
         "%s: best VAL MAE %.2f at epoch %d on %d process(es); checkpoint %s",
         name,
-        result.best_val_mae,
-        result.best_epoch,
+        result.selected_val_mae,
+        result.selected_epoch,
         distributed.world_size(),
         out,
     )
