@@ -101,3 +101,8 @@ def loop_config(**overrides: Any):
 
     loop = conf_base().training.loop(eval_batch_size=1)
     return dataclasses.replace(loop, **overrides)
+
+
+# build_video_index's rules as conf/base's ingestion section sets them (a plain dict: the
+# echo layer knows no config)
+INGESTION = dict(conf_base_parameters()["ingestion"])

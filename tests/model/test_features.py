@@ -30,7 +30,7 @@ from cardiac_pipeline.model.features import (
 )
 from cardiac_pipeline.model.mfl import AttentionPool, TemporalPool, clip_spread
 from cardiac_pipeline.model.pretrain import pretrain_clip, zero_shot_predict
-from tests.conftest import base_recipe, conf_base
+from tests.conftest import INGESTION, base_recipe, conf_base
 
 ARCH = "echo-convnext-tiny"
 CLIPS = {"frames": 4, "period": 2, "target_fps": None, "pad_mode": "zero", "val_clips": 1}
@@ -53,7 +53,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.DataFr
         progress=False,
         site_overrides={"frames_range": (24, 36)},
     )
-    index, _ = build_video_index(root / "echonet", min_frames=8, progress=False)
+    index, _ = build_video_index(root / "echonet", **{**INGESTION, "min_frames": 8}, progress=False)
     build_clip_store(index, root / "store", size=112, workers=1, progress=False)
     store = ClipStore(root / "store")
     reports = pd.read_csv(root / "echonet" / "Reports.csv")
@@ -319,3 +319,31 @@ def test_temporal_pool_starts_as_attention_pooling_and_sees_motion() -> None:
     mask = torch.tensor([[True, True, False, False, False]])
     moving = torch.tensor([[[0.0], [2.0], [100.0], [100.0], [100.0]]])
     torch.testing.assert_close(clip_spread(moving, mask), torch.tensor([[1.0, 2.0]]))
+
+
+def test_lora_mode_trains_adapters_on_clips_and_its_checkpoint_reloads(
+    site, tmp_path: Path
+) -> None:
+    store, table, path = site
+    split = _split(table)
+    training = {
+        "adaptation": "lora",
+        "prior_correction": "none",
+        "epochs": 1,
+        "batch_size": 4,
+        "max_batches_per_epoch": 1,
+        "select_start": False,
+        "work_dir": str(tmp_path / "runs"),
+        "lora": {"rank": 2, "alpha": 4.0, "dropout": 0.0, "text_tower": True},
+    }
+    typed = _recipe(path, training=training, scales=[1])
+    checkpoint, result = recipe.train_on_split(store, split, typed, progress=False)
+    assert checkpoint["adaptation"] == "lora" and list(checkpoint["meta"]["stages"]) == ["lora"]
+    assert checkpoint["arch"]["adapters"]["rank"] == 2
+    assert any("lora_B" in name for name in checkpoint["state_dict"])
+    assert (tmp_path / "runs").is_dir() and len(result.history) == 1
+    val = split[split["role"] == "val"]
+    model = recipe.model_from_checkpoint(checkpoint)
+    first, _ = recipe.predict_on_table(store, val, checkpoint, typed.evaluation, model=model)
+    again, _ = recipe.predict_on_table(store, val, checkpoint, typed.evaluation, progress=False)
+    np.testing.assert_allclose(first["EF_pred"], again["EF_pred"], atol=1e-4)

@@ -21,6 +21,7 @@ from cardiac_pipeline.model.pretrain import (
     save_pretrained_checkpoint,
     zero_shot_predict,
 )
+from tests.conftest import INGESTION
 
 ARCH = "echo-vit-tiny"
 
@@ -40,7 +41,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.Data
         progress=False,
         site_overrides={"frames_range": (32, 48)},
     )
-    index, rejects = build_video_index(root / "echonet", min_frames=8, progress=False)
+    index, rejects = build_video_index(
+        root / "echonet", **{**INGESTION, "min_frames": 8}, progress=False
+    )
     assert rejects.empty
     build_clip_store(index, root / "store", size=112, workers=1, progress=False)
     reports = pd.read_csv(root / "echonet" / "Reports.csv")

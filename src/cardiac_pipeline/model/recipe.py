@@ -1,7 +1,8 @@
-"""From configuration dicts to trained CardiacCLIP models and their predictions.
+"""From the typed recipe (``config.Recipe``) to trained CardiacCLIP models and predictions.
 
-The one place where conf-shaped parameters become a model, datasets and a training run,
-shared by the fewshot, benchmark and predict pipelines. A checkpoint produced here is
+The one place where the recipe's sections become a model, datasets and a training run,
+shared by the fewshot, benchmark and predict pipelines and the ``train`` entry point; how
+each adaptation mode trains is its row in ``model/adaptation.py``. A checkpoint produced here is
 self-describing: it carries the architecture and clip parameters it needs to be rebuilt,
 and its weights, and nothing that needs pickle (it loads with ``weights_only=True``).
 """

@@ -138,7 +138,7 @@ def create_pipeline(parameters: dict[str, Any] | None = None, **kwargs) -> Pipel
 
         parameters = project_parameters()
     names = model_names(parameters["fewshot"])
-    pretraining = starts_from_pretraining(parameters.get("backbone"))
+    pretraining = starts_from_pretraining(parameters["backbone"])
     models = sum((model_pipeline(name, names, pretraining) for name in names), Pipeline([]))
     backbone = ["pretrained_backbone"] if pretraining else []
     splits = [f"{NAMESPACE}.{name}.k_shot_split" for name in names]
