@@ -187,6 +187,7 @@ def test_a_checkpoint_rewritten_unchanged_has_the_same_bytes(tmp_path: Path) -> 
     save_pretrained_checkpoint(model, ARCH, first, {"config_hash": "x"})
     save_pretrained_checkpoint(model, ARCH, second, {"config_hash": "x"})
     assert first.read_bytes() == second.read_bytes()
+
     def backbone(path: Path) -> object:
         return base_recipe(backbone={"pretrained": str(path)}).backbone
 
