@@ -22,13 +22,13 @@ phantom, so its figures say how the rule behaves there, not on EchoNet.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import pandas as pd
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from cardiac_pipeline.config import override, section
 from cardiac_pipeline.model.benchmark import run_method
 from cardiac_pipeline.pipelines.benchmark.nodes import (
     base_recipe,
@@ -46,17 +46,15 @@ def _mae(predictions: pd.DataFrame, role: str) -> float:
     return float((rows["EF_pred"] - rows["EF_true"]).abs().mean())
 
 
-def _recipe(params: dict, rule: str, max_batches: int | None | str) -> dict:
+def _recipe(params: dict, rule: str, max_batches: int | None | str):
     recipe = base_recipe(
         params["benchmark"],
         **{s: params[s] for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")},
     )
-    recipe = copy.deepcopy(recipe)
-    cached = {**recipe["training"].get("cached", {}), "select_epoch": rule}
+    cached = {"select_epoch": rule}
     if max_batches != "conf":
         cached["max_batches_per_epoch"] = max_batches
-    recipe["training"]["cached"] = cached
-    return recipe
+    return override(recipe, {"training": {"cached": cached}}, "epoch_selection")
 
 
 def run(
@@ -76,7 +74,7 @@ def run(
         features, backbone = catalog.load("frame_features"), catalog.load("pretrained_backbone")
         benchmark = params["benchmark"]
         grid = {"splits": split_names(benchmark), "methods": variant_methods(benchmark)}
-        method = benchmark["methods"]["cardiac_clip"]
+        method = section("benchmark", benchmark).methods["cardiac_clip"]
         for rule in rules:
             recipe = _recipe(params, rule, max_batches)
             for k in shots:

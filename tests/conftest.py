@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -66,6 +67,49 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
     return KedroProject(root)
 
 
+@functools.cache
+def conf_base_parameters() -> dict[str, Any]:
+    """conf/base's parameters as Kedro merges them (globals resolved)."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"),
+        base_env="base",
+        default_run_env="base",
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader["parameters"]
+
+
+def conf_base():
+    """The typed conf/base parameters (``config.ProjectConfig``): where tests start from."""
+    from cardiac_pipeline import config
+
+    return config.build_config(conf_base_parameters())
+
+
+def base_recipe(**overrides: dict[str, Any]):
+    """conf/base's fewshot recipe with partial ``overrides`` per section (checked as conf)."""
+    from cardiac_pipeline import config
+
+    base = conf_base()
+    typed = config.Recipe(**{name: getattr(base, name) for name in config.RECIPE_SECTIONS})
+    return config.override(typed, overrides, "test")
+
+
+def loop_config(**overrides: Any):
+    """A ``TrainConfig``: conf/base's training loop with ``overrides``."""
+    import dataclasses
+
+    loop = conf_base().training.loop(eval_batch_size=1)
+    return dataclasses.replace(loop, **overrides)
+
+
+# build_video_index's rules as conf/base's ingestion section sets them (a plain dict: the
+# echo layer knows no config)
+INGESTION = dict(conf_base_parameters()["ingestion"])
+
+
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any socket connection fails the test: the code path must stay offline."""
@@ -97,6 +141,6 @@ def synthetic_clip_store(
         progress=False,
         site_overrides={"frames_range": frames_range},
     )
-    index, _ = build_video_index(root / "echonet", min_frames=8, progress=False)
+    index, _ = build_video_index(root / "echonet", **{**INGESTION, "min_frames": 8}, progress=False)
     build_clip_store(index, root / "store", size=112, workers=1, progress=False)
     return ClipStore(root / "store"), index

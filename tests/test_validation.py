@@ -115,7 +115,7 @@ def test_synthetic_default_not_generated_yet_says_how_to_generate(kedro_project)
             {"fewshot": {"shots": 4}},
             "'fewshot.shots': expected a list, got 4; write fewshot.shots=[4]",
         ),
-        ({"training": {"epochs": 0}}, "training.epochs must be >= 1, got 0"),
+        ({"training": {"epochs": 0}}, "'training.epochs': must be >= 1, got 0"),
     ],
     ids=[
         "misspelt-section",

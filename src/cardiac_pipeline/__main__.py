@@ -21,6 +21,7 @@ and one line ``Error: ...`` from rank 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -118,7 +119,7 @@ def _mlflow_run(
         yield run.info.run_id
 
 
-def _backbone(catalog: Any, backbone: dict[str, Any]) -> dict[str, Any]:
+def _backbone(catalog: Any, backbone: Any) -> Any:
     """``backbone`` with ``pretrained: pretrain`` resolved to the pretrain pipeline's output."""
     from kedro.io import DatasetError
 
@@ -176,8 +177,10 @@ def _train(argv: Sequence[str]) -> Path | None:
     runtime = _runtime_params(args.params)
     with KedroSession.create(project_path=project, env=args.env, runtime_params=runtime) as session:
         context = session.load_context()
+    from cardiac_pipeline.config import section
+
     check_run(context.params, reads={"params:fewshot"})
-    distributed.init_from_env(str(context.params["training"]["device"]))
+    distributed.init_from_env(section("training", context.params["training"]).device)
     try:
         return _train_one(context, args)
     finally:
@@ -186,10 +189,10 @@ def _train(argv: Sequence[str]) -> Path | None:
 
 def _split(catalog: Any, fewshot: dict[str, Any], k: int, seed: int) -> Any:
     """The k-shot split of (k, seed), as the fewshot pipeline samples it."""
-    from cardiac_pipeline.config import FewshotConfig, build_section
+    from cardiac_pipeline.config import section
     from cardiac_pipeline.echo.kshot import k_shot_split
 
-    grid = build_section(FewshotConfig, fewshot, "fewshot")
+    grid = section("fewshot", fewshot)
     return k_shot_split(
         _load_prerequisite(catalog, "video_index"),
         k=k,
@@ -200,14 +203,13 @@ def _split(catalog: Any, fewshot: dict[str, Any], k: int, seed: int) -> Any:
     )
 
 
-def _frame_features(
-    catalog: Any, clip_store: Any, arch: dict[str, Any], sections: dict[str, Any], split: Any
-) -> Any:
+def _frame_features(catalog: Any, clip_store: Any, typed: Any, split: Any) -> Any:
     """The frame-feature store of the split's videos (None where the mode trains on clips).
 
     Rank 0 builds what is missing with the fewshot pipeline's node and records it in the
     catalog (``frame_features``); the other processes wait, then open the same store.
     """
+    from cardiac_pipeline.config import record
     from cardiac_pipeline.model import distributed
     from cardiac_pipeline.pipelines.fewshot.nodes import build_frame_features
 
@@ -216,10 +218,10 @@ def _frame_features(
         store = build_frame_features(
             clip_store,
             catalog.load("frame_features_folder"),
-            arch["backbone"],
-            arch["cardiac_clip"],
-            sections["clips"],
-            sections["training"],
+            record(typed.backbone),
+            record(typed.cardiac_clip),
+            record(typed.clips),
+            record(typed.training),
             split,
             with_checkpoint=False,
         )
@@ -231,50 +233,47 @@ def _frame_features(
 
 
 def _train_one(context: Any, args: argparse.Namespace) -> Path | None:
+
+    from cardiac_pipeline.config import RECIPE_SECTIONS, recipe_of, record
     from cardiac_pipeline.model import distributed, recipe
     from cardiac_pipeline.tracking import log_metrics
 
     params, catalog = context.params, context.catalog
-    sections = {name: params[name] for name in recipe.RECIPE_KEYS}
-    recipe.check_recipe(sections)
+    typed = recipe_of(**{name: params[name] for name in RECIPE_SECTIONS})
     split = _split(catalog, params["fewshot"], args.k, args.seed)
     clip_store = _load_prerequisite(catalog, "clip_store")
-    backbone = _backbone(catalog, sections["backbone"])
-    arch = {"backbone": backbone, "cardiac_clip": sections["cardiac_clip"]}
-    features = _frame_features(catalog, clip_store, arch, sections, split)
+    training = dataclasses.replace(typed.training, seed=args.seed)
+    backbone = _backbone(catalog, typed.backbone)
+    typed = dataclasses.replace(typed, backbone=backbone, training=training)
+    features = _frame_features(catalog, clip_store, typed, split)
     name = f"k{args.k}_seed{args.seed}"
     tags = {
         "k": args.k,
         "seed": args.seed,
-        "method": arch["cardiac_clip"]["method"],
+        "method": typed.cardiac_clip.method,
         "processes": distributed.world_size(),
     }
-    logged = {**arch, "clips": sections["clips"], "training": sections["training"], **tags}
+    logged = {key: record(getattr(typed, key)) for key in RECIPE_SECTIONS} | tags
     with _mlflow_run(context, name, tags, logged) as run_id:
         checkpoint, result = recipe.train_on_split(
             clip_store,
             split,
-            arch=arch,
-            clips=sections["clips"],
-            training={**sections["training"], "seed": args.seed},
-            eval_batch_size=int(sections["evaluation"]["batch_size"]),
+            typed,
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             progress=distributed.is_main(),
             features=features,
         )
     if not distributed.is_main():
         return None
-    recipe.calibrate_interval(
-        checkpoint, clip_store, split, sections["evaluation"], features=features
-    )
+    recipe.calibrate_interval(checkpoint, clip_store, split, typed.evaluation, features=features)
     checkpoint["meta"].update({"mlflow_run_id": run_id, "split": name})
     out = args.out or Path("data/06_models/train") / f"{name}.pt"
     _save_checkpoint(checkpoint, out)
     logger.info(
         "%s: VAL MAE %.2f at epoch %d on %d process(es); checkpoint %s",
         name,
-        result.best_val_mae,
-        result.best_epoch,
+        result.selected_val_mae,
+        result.selected_epoch,
         distributed.world_size(),
         out,
     )

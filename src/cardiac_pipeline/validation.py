@@ -39,7 +39,7 @@ def check_run(
     ``writes``: those it produces (``echonet_raw`` when it generates the synthetic data).
     """
     config = build_config(parameters)
-    _check_benchmark_recipes(parameters, config)
+    _check_benchmark_recipes(config)
     file_list = None
     if "echonet_raw" in reads:
         synthetic_default = _same_folder(config.echonet_root, config.synthetic.root)
@@ -135,31 +135,13 @@ def check_predict_inputs(predict: PredictConfig) -> None:
         )
 
 
-def _check_benchmark_recipes(parameters: Mapping[str, Any], config: ProjectConfig) -> None:
+def _check_benchmark_recipes(config: ProjectConfig) -> None:
     """Every benchmark method's recipe of the chosen variant (keys of nested overrides)."""
-    from cardiac_pipeline.model.benchmark import SECTIONS, check_methods, layered_recipe
+    from cardiac_pipeline.config import RECIPE_SECTIONS, Recipe
+    from cardiac_pipeline.model.benchmark import benchmark_recipe
 
-    benchmark = config.benchmark
-    if benchmark.variant not in benchmark.variants:
-        raise UserError(
-            f"parameter 'benchmark.variant': {benchmark.variant!r} is not one of "
-            f"{', '.join(sorted(benchmark.variants))}"
-        )
-    grid = parameters["benchmark"]["variants"][benchmark.variant]
-    base = {section: parameters.get(section) or {} for section in SECTIONS}
-    try:
-        base = layered_recipe(
-            base,
-            [
-                ("benchmark.recipe", benchmark.recipe),
-                (f"benchmark.variants.{benchmark.variant}.recipe", grid.get("recipe")),
-            ],
-        )
-        check_methods(dict(benchmark.methods), list(grid["methods"]), base)
-    except UserError:
-        raise
-    except ValueError as exc:  # the benchmark's own checks name the method and key
-        raise UserError(" ".join(str(exc).split())) from None
+    fewshot = Recipe(**{name: getattr(config, name) for name in RECIPE_SECTIONS})
+    benchmark_recipe(fewshot, config.benchmark)
 
 
 def _same_folder(a: str, b: str) -> bool:

@@ -22,6 +22,7 @@ from cardiac_pipeline.echo.echonet import (
     summarise_ingestion,
 )
 from cardiac_pipeline.echo.video import write_video
+from tests.conftest import INGESTION
 
 HEADER = "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
 GOOD = ["0XAAA", "0XBBB"]  # present in every folder, always usable
@@ -139,7 +140,7 @@ FAULTS: dict[str, tuple[Callable[[dict], list[str]], Callable[[dict], dict], lis
 def test_each_fault_rejects_exactly_its_row(tmp_path, video_bytes, fault):
     rows, files, expected = FAULTS[fault]
     root = _folder(tmp_path / "raw", video_bytes, rows(video_bytes), files(video_bytes))
-    index, rejects = build_video_index(root, progress=False)
+    index, rejects = build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
     assert list(index["FileName"]) == GOOD
     assert _reasons(rejects) == expected
     assert list(rejects.columns) == REJECT_COLUMNS
@@ -152,7 +153,7 @@ def test_clean_folder_index_matches_contract(tmp_path, video_bytes):
     extra = [_row("0XBIG", split="test"), _row("0XMP4", split="Val")]
     files = {"0XBIG.avi": video_bytes["big.avi"], "0XMP4.mp4": video_bytes["v.mp4"]}
     root = _folder(tmp_path / "raw", video_bytes, extra, files)
-    index, rejects = build_video_index(root, progress=False)
+    index, rejects = build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
 
     assert rejects.empty and list(rejects.columns) == REJECT_COLUMNS
     assert list(index.columns) == INDEX_COLUMNS
@@ -189,7 +190,7 @@ def test_bom_header_and_avi_suffix_in_filename(tmp_path, video_bytes):
     assert list(listed["FileName"]) == GOOD
     assert list(listed["suffix"]) == [".avi", ".AVI"]
     assert list(listed["Split"]) == ["TRAIN", "VAL"]
-    index, rejects = build_video_index(root, progress=False)
+    index, rejects = build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
     assert rejects.empty and list(index["FileName"]) == GOOD
     assert all(p.endswith(".avi") for p in index["path"])
 
@@ -198,7 +199,7 @@ def test_users_csv_with_only_filename_and_ef(tmp_path, video_bytes):
     root = _folder(
         tmp_path / "raw", video_bytes, header="filename, ef", good_rows=["0XAAA,55.5", "0XBBB,31"]
     )
-    index, rejects = build_video_index(root, progress=False)
+    index, rejects = build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
     assert rejects.empty
     assert list(index["Split"]) == ["UNSPECIFIED", "UNSPECIFIED"]
     assert list(index["EF"]) == [55.5, 31.0]
@@ -233,7 +234,7 @@ def test_summary_counts_reasons_most_frequent_first(tmp_path, video_bytes):
     ]
     files = {"0XJUNK.avi": b"not a video at all" * 100, "0XHIGH.avi": video_bytes["v.avi"]}
     root = _folder(tmp_path / "raw", video_bytes, extra, files)
-    index, rejects = build_video_index(root, progress=False, workers=2)
+    index, rejects = build_video_index(root, **{**INGESTION, "workers": 2}, progress=False)
     assert summarise_ingestion(index, rejects) == (
         "2 usable, 5 rejected: 3 missing file, 1 EF out of range, 1 undecodable"
     )
@@ -242,17 +243,17 @@ def test_summary_counts_reasons_most_frequent_first(tmp_path, video_bytes):
 def test_no_usable_video_raises_with_reasons(tmp_path, video_bytes):
     root = _folder(tmp_path / "raw", video_bytes, good_rows=[_row("0XAAA", ef=150), _row("0XZZZ")])
     with pytest.raises(ValueError, match=r"no usable video .*1 EF out of range, 1 missing file"):
-        build_video_index(root, progress=False)
+        build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
 
 
 def test_missing_file_list_or_videos_folder(tmp_path, video_bytes):
     root = _folder(tmp_path / "raw", video_bytes)
     shutil.rmtree(root / "Videos")
     with pytest.raises(EchoNetFormatError, match="no Videos/ folder"):
-        build_video_index(root, progress=False)
+        build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
     (root / "FileList.csv").unlink()
     with pytest.raises(ValueError, match="no FileList.csv"):
-        build_video_index(root, progress=False)
+        build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
 
 
 def _tracing_rows(name: str, frame: int, long_axis: float, chord: float, n: int = 20) -> list[str]:
@@ -280,7 +281,7 @@ def test_volume_tracings_give_ed_es_by_volume_not_row_order(tmp_path, video_byte
     frames = end_diastole_end_systole_frames(tracings).set_index("FileName")
     assert frames.loc["0XAAA"].tolist() == [17, 3]
     assert frames.loc["0XBBB"].tolist() == [12, 4]
-    index, _ = build_video_index(root, progress=False)
+    index, _ = build_video_index(root, **{**INGESTION, "min_frames": 8}, progress=False)
     row = index.set_index("FileName")
     assert (row.loc["0XAAA", "ED_frame"], row.loc["0XAAA", "ES_frame"]) == (17, 3)
     assert pd.isna(row.loc["0XLATE", "ES_frame"])  # frame 90 of a 30-frame video: dropped
@@ -301,7 +302,7 @@ def test_raw_folder_is_not_modified(tmp_path, video_bytes):
     root = _folder(tmp_path / "raw", video_bytes, extra, files, encoding_bom=True)
     before = _snapshot(root)
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-    index, rejects = build_video_index(root, progress=False, workers=2)
+    index, rejects = build_video_index(root, **{**INGESTION, "workers": 2}, progress=False)
     assert len(index) == 2 and len(rejects) == 4
     assert _snapshot(root) == before
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes

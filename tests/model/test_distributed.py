@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from cardiac_pipeline.model import distributed
 from cardiac_pipeline.model.losses import text_to_video_kl
 from cardiac_pipeline.model.train import TrainConfig, fit
+from tests.conftest import loop_config
 from tests.model.test_train import (
     BIN_EDGES,
     LRS,
@@ -42,7 +43,8 @@ RUNS = {
 
 def _config(**overrides) -> TrainConfig:
     base = {"epochs": 2, "lrs": dict(LRS), "seed": 3, "device": "cpu", "num_workers": 0}
-    return TrainConfig(**{**base, **overrides})
+    base.update({"batch_size": 2, "select_start": False, "max_batches_per_epoch": None})
+    return loop_config(**{**base, **overrides})
 
 
 def _fit(out: Path, config: TrainConfig) -> tuple[dict[str, torch.Tensor], list[int], object]:

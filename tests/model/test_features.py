@@ -12,10 +12,12 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
+from cardiac_pipeline import config
 from cardiac_pipeline.echo.clips import effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store
 from cardiac_pipeline.echo.echonet import build_video_index
 from cardiac_pipeline.echo.synthetic import generate_dataset
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.io import LOCK_FILE
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import create_backbone
@@ -32,10 +34,13 @@ from cardiac_pipeline.model.features import (
 from cardiac_pipeline.model.mfl import AttentionPool, TemporalPool, clip_spread
 from cardiac_pipeline.model.pretrain import pretrain_clip, zero_shot_predict
 from cardiac_pipeline.nn.encoders import create_encoder
+from tests.conftest import INGESTION, base_recipe, conf_base
 from tests.processes import another_process_holding, wait_until
 
 ARCH = "echo-convnext-tiny"
 CLIPS = {"frames": 4, "period": 2, "target_fps": None, "pad_mode": "zero", "val_clips": 1}
+CLIPS = {**CLIPS, "augment_pad": 0}
+EVALUATION = {"n_clips": 1, "device": "cpu", "batch_size": 1}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.DataFr
         progress=False,
         site_overrides={"frames_range": (24, 36)},
     )
-    index, _ = build_video_index(root / "echonet", min_frames=8, progress=False)
+    index, _ = build_video_index(root / "echonet", **{**INGESTION, "min_frames": 8}, progress=False)
     build_clip_store(index, root / "store", size=112, workers=1, progress=False)
     store = ClipStore(root / "store")
     reports = pd.read_csv(root / "echonet" / "Reports.csv")
@@ -69,11 +74,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.DataFr
     return store, table[["FileName", "EF"]], path
 
 
-def _arch(path: Path, **cardiac_clip: object) -> dict:
-    return {
-        "backbone": {"name": ARCH, "pretrained": str(path)},
-        "cardiac_clip": {"scales": [1, 2], "prompt_set": "values", **cardiac_clip},
-    }
+def _recipe(path: Path, *, training: dict | None = None, **cardiac_clip: object):
+    return base_recipe(
+        backbone={"name": ARCH, "pretrained": str(path)},
+        cardiac_clip={"scales": [1, 2], "prompt_set": "values", **cardiac_clip},
+        clips=CLIPS,
+        training=training or {},
+        evaluation=EVALUATION,
+    )
+
+
+def _arch(path: Path, **cardiac_clip: object) -> recipe.Arch:
+    typed = _recipe(path, **cardiac_clip)
+    return recipe.Arch(backbone=typed.backbone, cardiac_clip=typed.cardiac_clip, adapters=None)
 
 
 def _store(site, tmp_path: Path, model=None) -> tuple[FeatureStore, object]:
@@ -210,10 +223,18 @@ def _split(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _training(tmp_path: Path, **cached: object) -> dict:
+    plain = {"warmup_steps": 0, "max_batches_per_epoch": None, "select_epoch": "best"}
     return {
         "adaptation": "cached",
         "prior_correction": "val",
-        "cached": {"epochs": 12, "batch_size": 4, "lrs": {"mfl": 1e-2, "head": 1e-2}, **cached},
+        "cached": {
+            "epochs": 12,
+            "batch_size": 4,
+            "lrs": {"mfl": 1e-2, "head": 1e-2},
+            "checkpoint_every": 1,
+            **plain,
+            **cached,
+        },
         "select_start": True,
         "work_dir": str(tmp_path / "runs"),
     }
@@ -228,9 +249,7 @@ def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
     checkpoint, result = recipe.train_on_split(
         store,
         split,
-        arch=_arch(path),
-        clips=CLIPS,
-        training=_training(tmp_path),
+        _recipe(path, training=_training(tmp_path)),
         features=features,
         progress=False,
     )
@@ -239,10 +258,11 @@ def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
     assert checkpoint["adaptation"] == "cached"
     assert checkpoint["arch"]["cardiac_clip"]["learn_prompts"] is True
     val = split[split["role"] == "val"]
+    evaluation = _recipe(path).evaluation
     from_features, _ = recipe.predict_on_table(
-        store, val, checkpoint, {"n_clips": 1}, features=features, progress=False
+        store, val, checkpoint, evaluation, features=features, progress=False
     )
-    from_pixels, _ = recipe.predict_on_table(store, val, checkpoint, {"n_clips": 1}, progress=False)
+    from_pixels, _ = recipe.predict_on_table(store, val, checkpoint, evaluation, progress=False)
     # the same model either way (clip starts move to the feature grid: close, not equal)
     assert np.abs(from_features["EF_pred"] - from_pixels["EF_pred"]).max() < 3.0
 
@@ -257,7 +277,7 @@ def test_calibrated_start_scores_like_zero_shot(site) -> None:
     for pooling in ("mean", "attention"):
         model = recipe.build_cardiac_clip(_arch(path, pooling=pooling), seed=0)
         start, _ = recipe.predict_on_table(
-            store, table, {"clips": CLIPS}, {"n_clips": 1}, model=model, progress=False
+            store, table, {"clips": CLIPS}, _recipe(path).evaluation, model=model, progress=False
         )
         if pooling == "mean":  # EchoZoom's scale-1 start + mean pooling: zero-shot's embedding
             np.testing.assert_allclose(start["EF_pred"], zero_shot["EF_pred"], atol=0.05)
@@ -287,25 +307,24 @@ def test_feature_items_look_like_clips_and_the_head_reads_them(site, tmp_path: P
 @pytest.mark.parametrize(
     ("training", "message"),
     [
-        ({"adaptation": "zoom"}, "training.adaptation: 'zoom' is not a mode"),
+        ({"adaptation": "zoom"}, "training.adaptation.*'zoom' is not one of"),
         ({"adaptation": "cached", "cached": {"epoch": 3}}, "training.cached"),
         ({"prior_correction": "test"}, "training.prior_correction"),
     ],
 )
 def test_a_wrong_adaptation_setting_is_refused_by_name(training: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        recipe.adaptation_settings(training)
+    with pytest.raises(UserError, match=message):
+        config.override(conf_base().training, training, "training")
 
 
-def test_modes_parse_and_the_cached_stage_overrides_full_training() -> None:
-    for mode in ("cached", "full", "cached_then_full"):
-        assert recipe.adaptation_settings({"adaptation": mode})[0] == mode
-    mode, cached, prior = recipe.adaptation_settings(
-        {"epochs": 3, "batch_size": 2, "cached": {"epochs": 60}, "prior_correction": "val"}
+def test_the_cached_stage_overrides_full_training() -> None:
+    training = config.override(
+        conf_base().training, {"epochs": 3, "cached": {"epochs": 60}}, "training"
     )
-    assert (mode, prior) == ("full", "val")
-    assert cached == {"epochs": 60, "batch_size": 2}
-    recipe.check_recipe({"training": {"adaptation": "cached", "cached": {}}})
+    cached = training.cached_stage()
+    assert (training.epochs, cached.epochs) == (3, 60)
+    assert cached.batch_size == conf_base().training.cached["batch_size"]
+    assert cached.w_ce == training.w_ce  # what cached does not name is the section's
 
 
 def test_prior_offset_favours_what_training_over_represents() -> None:
@@ -330,3 +349,31 @@ def test_temporal_pool_starts_as_attention_pooling_and_sees_motion() -> None:
     mask = torch.tensor([[True, True, False, False, False]])
     moving = torch.tensor([[[0.0], [2.0], [100.0], [100.0], [100.0]]])
     torch.testing.assert_close(clip_spread(moving, mask), torch.tensor([[1.0, 2.0]]))
+
+
+def test_lora_mode_trains_adapters_on_clips_and_its_checkpoint_reloads(
+    site, tmp_path: Path
+) -> None:
+    store, table, path = site
+    split = _split(table)
+    training = {
+        "adaptation": "lora",
+        "prior_correction": "none",
+        "epochs": 1,
+        "batch_size": 4,
+        "max_batches_per_epoch": 1,
+        "select_start": False,
+        "work_dir": str(tmp_path / "runs"),
+        "lora": {"rank": 2, "alpha": 4.0, "dropout": 0.0, "text_tower": True},
+    }
+    typed = _recipe(path, training=training, scales=[1])
+    checkpoint, result = recipe.train_on_split(store, split, typed, progress=False)
+    assert checkpoint["adaptation"] == "lora" and list(checkpoint["meta"]["stages"]) == ["lora"]
+    assert checkpoint["arch"]["adapters"]["rank"] == 2
+    assert any("lora_B" in name for name in checkpoint["state_dict"])
+    assert (tmp_path / "runs").is_dir() and len(result.history) == 1
+    val = split[split["role"] == "val"]
+    model = recipe.model_from_checkpoint(checkpoint)
+    first, _ = recipe.predict_on_table(store, val, checkpoint, typed.evaluation, model=model)
+    again, _ = recipe.predict_on_table(store, val, checkpoint, typed.evaluation, progress=False)
+    np.testing.assert_allclose(first["EF_pred"], again["EF_pred"], atol=1e-4)

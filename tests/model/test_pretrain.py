@@ -22,6 +22,7 @@ from cardiac_pipeline.model.pretrain import (
     zero_shot_predict,
 )
 from cardiac_pipeline.nn.encoders.open_clip import OpenClipEncoder
+from tests.conftest import INGESTION, base_recipe
 
 ARCH = "echo-vit-tiny"
 
@@ -41,7 +42,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.Data
         progress=False,
         site_overrides={"frames_range": (32, 48)},
     )
-    index, rejects = build_video_index(root / "echonet", min_frames=8, progress=False)
+    index, rejects = build_video_index(
+        root / "echonet", **{**INGESTION, "min_frames": 8}, progress=False
+    )
     assert rejects.empty
     build_clip_store(index, root / "store", size=112, workers=1, progress=False)
     reports = pd.read_csv(root / "echonet" / "Reports.csv")
@@ -165,18 +168,22 @@ def test_backbone_pretrained_pretrain_resolves_to_the_checkpoint_and_its_arch(
     _, model, _ = pretrained
     path = tmp_path / "pretrained_backbone.pt"
     save_pretrained_checkpoint(model, ARCH, path, {})
-    resolved = with_pretrained({"name": "echo-convnext-tiny", "pretrained": "pretrain"}, str(path))
-    assert resolved == {"name": ARCH, "pretrained": str(path)}
-    other = {"name": "echo-vit-tiny", "pretrained": None}
+
+    def backbone(name: str, pretrained: str | None) -> object:
+        return base_recipe(backbone={"name": name, "pretrained": pretrained}).backbone
+
+    resolved = with_pretrained(backbone("echo-convnext-tiny", "pretrain"), str(path))
+    assert (resolved.name, resolved.pretrained) == (ARCH, str(path))
+    other = backbone("echo-vit-tiny", None)
     assert with_pretrained(other, str(path)) == other  # anything else is left alone
-    echoclip = {"name": "hf-hub:mkaichristensen/echo-clip", "pretrained": "pretrain"}
-    assert with_pretrained(echoclip, str(path)) == {**echoclip, "pretrained": None}
+    echoclip = backbone("hf-hub:mkaichristensen/echo-clip", "pretrain")
+    assert with_pretrained(echoclip, str(path)).pretrained is None
     with pytest.raises(ValueError, match="run `kedro run --pipeline pretrain`"):
-        with_pretrained({"name": ARCH, "pretrained": "pretrain"}, None)
+        with_pretrained(backbone(ARCH, "pretrain"), None)
     not_ours = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, not_ours)
     with pytest.raises(ValueError, match="not a pretrained checkpoint"):
-        with_pretrained({"name": ARCH, "pretrained": "pretrain"}, str(not_ours))
+        with_pretrained(backbone(ARCH, "pretrain"), str(not_ours))
 
 
 def test_a_checkpoint_rewritten_unchanged_has_the_same_bytes(tmp_path: Path) -> None:
@@ -191,12 +198,16 @@ def test_a_checkpoint_rewritten_unchanged_has_the_same_bytes(tmp_path: Path) -> 
     save_pretrained_checkpoint(model, ARCH, first, {"config_hash": "x"})
     save_pretrained_checkpoint(model, ARCH, second, {"config_hash": "x"})
     assert first.read_bytes() == second.read_bytes()
-    fingerprint = weights_fingerprint({"backbone": {"pretrained": str(first)}})
-    assert fingerprint == weights_fingerprint({"backbone": {"pretrained": str(second)}})
+
+    def backbone(path: Path) -> object:
+        return base_recipe(backbone={"pretrained": str(path)}).backbone
+
+    fingerprint = weights_fingerprint(backbone(first))
+    assert fingerprint == weights_fingerprint(backbone(second))
     with torch.no_grad():
         model.bias.add_(1.0)
     save_pretrained_checkpoint(model, ARCH, second, {"config_hash": "x"})
-    assert weights_fingerprint({"backbone": {"pretrained": str(second)}}) != fingerprint
+    assert weights_fingerprint(backbone(second)) != fingerprint
     umask = os.umask(0)
     os.umask(umask)
     assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would: not owner-only

@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 
 from cardiac_pipeline.model.recipe import run_key, weights_fingerprint
+from tests.conftest import base_recipe
+
+
+def _backbone(pretrained: str | None, name: str = "echo-vit-tiny", **more: object):
+    return base_recipe(backbone={"name": name, "pretrained": pretrained, **more}).backbone
 
 
 def test_run_key_follows_the_weights_file_not_only_its_path(tmp_path: Path) -> None:
     weights = tmp_path / "pretrained_backbone.pt"
-    arch = {"backbone": {"name": "echo-vit-tiny", "pretrained": str(weights)}}
+    arch = _backbone(str(weights))
     assert weights_fingerprint(arch) is None  # not written yet
     weights.write_bytes(b"first pretraining")
     first = weights_fingerprint(arch)
@@ -19,7 +24,7 @@ def test_run_key_follows_the_weights_file_not_only_its_path(tmp_path: Path) -> N
     second = weights_fingerprint(arch)
     assert first and second and first != second
     assert run_key(arch, first) != run_key(arch, second)
-    assert weights_fingerprint({"backbone": {"name": "echo-vit-tiny", "pretrained": None}}) is None
+    assert weights_fingerprint(_backbone(None)) is None
 
 
 def test_probe_embedding_cache_id_follows_weight_content_not_file_time(tmp_path: Path) -> None:
@@ -29,7 +34,7 @@ def test_probe_embedding_cache_id_follows_weight_content_not_file_time(tmp_path:
 
     weights = tmp_path / "pretrained_backbone.pt"
     weights.write_bytes(b"first pretraining")
-    backbone = {"name": "echo-vit-tiny", "pretrained": str(weights)}
+    backbone = _backbone(str(weights))
     first = probe_model_id(backbone)
     os.utime(weights, ns=(1, 1))  # touched or copied: same weights, same cache entry
     assert probe_model_id(backbone) == first
@@ -37,8 +42,8 @@ def test_probe_embedding_cache_id_follows_weight_content_not_file_time(tmp_path:
     assert probe_model_id(backbone) != first
     assert probe_model_id(backbone).startswith("echo-vit-tiny-")
     # sources that are not files are named in full: a shared prefix is no shared entry
-    first_dir = {"name": "echo-clip", "pretrained": "local-dir:/models/echo-clip-site-a"}
-    second_dir = {"name": "echo-clip", "pretrained": "local-dir:/models/echo-clip-site-b"}
+    first_dir = _backbone("local-dir:/models/echo-clip-site-a", "echo-clip")
+    second_dir = _backbone("local-dir:/models/echo-clip-site-b", "echo-clip")
     assert probe_model_id(first_dir) != probe_model_id(second_dir)
 
 
@@ -66,9 +71,10 @@ def test_predict_on_table_batches_as_many_videos_as_evaluation_asks(monkeypatch)
     monkeypatch.setattr(recipe, "EchoClipDataset", lambda *args, **kwargs: None)
     monkeypatch.setattr(recipe, "predict_videos", fake_predict)
     checkpoint = {"clips": {"frames": 4, "period": 2}}
-    for evaluation in ({"n_clips": 1}, {"n_clips": 1, "batch_size": 4}):
+    for batch_size in (1, 4):
+        evaluation = base_recipe(evaluation={"n_clips": 1, "batch_size": batch_size}).evaluation
         recipe.predict_on_table(None, pd.DataFrame(), checkpoint, evaluation, model=object())
-    assert seen == [1, 4]  # default one video per forward pass; the R(2+1)D baseline asks 4
+    assert seen == [1, 4]  # one video per forward pass; the R(2+1)D baseline asks 4
 
 
 @pytest.fixture
@@ -109,13 +115,12 @@ def test_only_a_pretrained_start_competes_as_epoch_zero(fit_configs, tmp_path: P
         "random": {"name": "echo-vit-tiny", "pretrained": None},
         "unloaded": {"name": "local-dir:/models/echo-clip", "load_weights": False},
     }
+    training = {"select_start": True, "work_dir": str(tmp_path), "adaptation": "full"}
     for backbone in starts.values():
         recipe.train_on_split(
             SimpleNamespace(root=tmp_path),
             split,
-            arch={"backbone": backbone},
-            clips={"frames": 2, "period": 1},
-            training={"select_start": True, "work_dir": str(tmp_path)},
+            base_recipe(backbone=backbone, training={**training, "prior_correction": "none"}),
             model=torch.nn.Linear(1, 1),
         )
     # EchoCLIP and our checkpoint compete with their adaptation; random weights do not
@@ -123,24 +128,14 @@ def test_only_a_pretrained_start_competes_as_epoch_zero(fit_configs, tmp_path: P
 
 
 def test_recipe_sections_reject_unknown_and_retired_keys() -> None:
-    from cardiac_pipeline.model import recipe
-
-    good = {
-        "backbone": {"name": "echo-vit-tiny", "pretrained": None},
-        "cardiac_clip": {"method": "cardiac_clip", "scales": [1, 2], "pooling": "mean"},
-        "clips": {"frames": 4, "period": 2, "augment_pad": 12, "val_clips": 1},
-        "training": {"epochs": 1, "lrs": {"head": 1e-3}, "work_dir": "w", "select_start": True},
-        "evaluation": {"n_clips": 2, "batch_size": 1, "device": "cpu"},
-    }
-    recipe.check_recipe(good)
-    with pytest.raises(ValueError, match=r"'cardiac_clip'.*'pooling_type'.*did you mean 'pooling'"):
-        recipe.check_recipe({**good, "cardiac_clip": {"pooling_type": "mean"}})
+    with pytest.raises(ValueError, match=r"'test.cardiac_clip'.*'pooling_type'.*'pooling'"):
+        base_recipe(cardiac_clip={"pooling_type": "mean"})
     with pytest.raises(ValueError, match="'eval_batch_size' is now evaluation.batch_size"):
-        recipe.check_recipe({**good, "training": {"eval_batch_size": 4}})
-    with pytest.raises(ValueError, match="benchmark.methods.x.clips"):
-        recipe.check_recipe({"clips": {"frame": 4}}, where="benchmark.methods.x.")
+        base_recipe(training={"eval_batch_size": 4})
     with pytest.raises(ValueError, match="clips"):
-        recipe.clip_spec({"frames": 4, "periode": 2})  # the domain API checks too
+        from cardiac_pipeline import config
+
+        config.section("clips", {"frames": 4, "periode": 2})
 
 
 def test_vals_batch_size_comes_from_evaluation(fit_configs, tmp_path: Path) -> None:
@@ -156,10 +151,11 @@ def test_vals_batch_size_comes_from_evaluation(fit_configs, tmp_path: Path) -> N
         recipe.train_on_split(
             SimpleNamespace(root=tmp_path),
             split,
-            arch={"backbone": {"name": "echo-vit-tiny", "pretrained": None}},
-            clips={"frames": 2, "period": 1},
-            training={"work_dir": str(tmp_path)},
-            eval_batch_size=batch_size,
+            base_recipe(
+                backbone={"name": "echo-vit-tiny", "pretrained": None},
+                training={"work_dir": str(tmp_path), "prior_correction": "none"},
+                evaluation={"batch_size": batch_size},
+            ),
             model=torch.nn.Linear(1, 1),
         )
     assert [config.eval_batch_size for config in fit_configs] == [1, 4]

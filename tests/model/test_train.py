@@ -22,6 +22,7 @@ from cardiac_pipeline.model.train import (
     resolve_device,
     seed_everything,
 )
+from tests.conftest import loop_config
 
 N_BINS = 5
 BIN_EDGES = torch.tensor([30.0, 45.0, 55.0, 70.0])
@@ -138,8 +139,9 @@ LRS = {"image_tower": 5e-2, "text_tower": 5e-2, "mfl": 5e-2, "head": 5e-2}
 
 def make_config(**overrides) -> TrainConfig:
     base = {"epochs": 3, "batch_size": 2, "lrs": dict(LRS), "seed": 1, "device": "cpu"}
+    base.update({"select_start": False, "max_batches_per_epoch": None})  # the plain loop
     base.update(overrides)
-    return TrainConfig(**base)
+    return loop_config(**base)
 
 
 def run_fit(tmp: Path, config: TrainConfig, *, model_seed: int = 0, **kwargs):
@@ -231,7 +233,10 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(resumed.history[cols], full.history[cols])
     a, b = weights(full.last_checkpoint), weights(resumed.last_checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.best_epoch == full.best_epoch and resumed.best_val_mae == full.best_val_mae
+    assert (
+        resumed.selected_epoch == full.selected_epoch
+        and resumed.selected_val_mae == full.selected_val_mae
+    )
 
 
 def test_finished_run_returns_stored_result_without_training(tmp_path: Path) -> None:
@@ -245,7 +250,7 @@ def test_finished_run_returns_stored_result_without_training(tmp_path: Path) -> 
     model, again = run_fit(tmp_path, config, model_seed=5, loss_fn=must_not_train)
     pd.testing.assert_frame_equal(again.history, first.history)
     assert first.last_checkpoint.stat().st_mtime_ns == mtime
-    best = weights(first.best_checkpoint)
+    best = weights(first.selected_checkpoint)
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
@@ -295,33 +300,33 @@ def test_gradient_accumulation_matches_large_batch(tmp_path: Path) -> None:
     assert any(not torch.allclose(one_step[k], big[k]) for k in big)
 
 
-def test_best_checkpoint_is_min_val_mae_epoch(tmp_path: Path) -> None:
+def test_selected_checkpoint_is_min_val_mae_epoch(tmp_path: Path) -> None:
     # this lr overshoots after epoch 2, so the best epoch is not the last one
     _, result = run_fit(tmp_path, make_config(epochs=5, seed=1, lrs={k: 0.1 for k in LRS}))
     h = result.history
     best_row = h.loc[h["val_mae"].idxmin()]
-    assert result.best_epoch < 5
-    assert result.best_epoch == int(best_row["epoch"])
-    assert result.best_val_mae == best_row["val_mae"]
-    ckpt = torch.load(result.best_checkpoint, weights_only=True)
-    assert ckpt["epoch"] == result.best_epoch
+    assert result.selected_epoch < 5
+    assert result.selected_epoch == int(best_row["epoch"])
+    assert result.selected_val_mae == best_row["val_mae"]
+    ckpt = torch.load(result.selected_checkpoint, weights_only=True)
+    assert ckpt["epoch"] == result.selected_epoch
     last = weights(result.last_checkpoint)
     assert any(not torch.equal(ckpt["model"][k], last[k]) for k in last)
     # the stored weights reproduce the recorded validation MAE
-    model = load_model_weights(FakeClipModel(), result.best_checkpoint)
+    model = load_model_weights(FakeClipModel(), result.selected_checkpoint)
     preds, _ = predict_videos(
         model, ToyEchoDataset(6, mode="eval", data_seed=1), device="cpu", progress=False
     )
     mae = (preds["EF_pred"] - preds["EF_true"]).abs().mean()
-    assert mae == pytest.approx(result.best_val_mae, rel=1e-6)
+    assert mae == pytest.approx(result.selected_val_mae, rel=1e-6)
 
 
 def test_select_epoch_last_keeps_the_schedule_end_not_the_val_minimum(tmp_path: Path) -> None:
     config = {"epochs": 5, "seed": 1, "lrs": {k: 0.1 for k in LRS}}  # best epoch < 5 (above)
     _, best = run_fit(tmp_path / "best", make_config(**config))
     model, last = run_fit(tmp_path / "last", make_config(**config, select_epoch="last"))
-    assert best.best_epoch < 5 and last.best_epoch == 5
-    assert last.best_val_mae == last.history["val_mae"].iloc[-1] >= best.best_val_mae
+    assert best.selected_epoch < 5 and last.selected_epoch == 5
+    assert last.selected_val_mae == last.history["val_mae"].iloc[-1] >= best.selected_val_mae
     assert all(
         torch.equal(model.state_dict()[k], v) for k, v in weights(last.last_checkpoint).items()
     )
@@ -334,7 +339,7 @@ def test_select_epoch_last_keeps_the_schedule_end_not_the_val_minimum(tmp_path: 
         make_config(select_start=True, select_epoch="last"),
         loss_fn=harmful_loss,
     )
-    assert kept.best_epoch == 0
+    assert kept.selected_epoch == 0
     with pytest.raises(ValueError, match="select_epoch"):
         make_config(select_epoch="first")
     with pytest.raises(ValueError, match="patience"):
@@ -346,15 +351,15 @@ def test_select_start_keeps_the_start_when_adaptation_only_hurts(tmp_path: Path)
     start = {k: v.clone() for k, v in FakeClipModel().state_dict().items()}
     _, plain = run_fit(tmp_path / "plain", make_config(), loss_fn=harmful_loss)
     model, kept = run_fit(tmp_path / "kept", make_config(select_start=True), loss_fn=harmful_loss)
-    assert plain.best_epoch >= 1
-    assert kept.best_epoch == 0 and kept.best_val_mae < kept.history["val_mae"].min()
+    assert plain.selected_epoch >= 1
+    assert kept.selected_epoch == 0 and kept.selected_val_mae < kept.history["val_mae"].min()
     assert all(torch.equal(model.state_dict()[k], start[k]) for k in start)
     # scoring the start does not change training: same losses and validation, epoch by epoch
     pd.testing.assert_series_equal(plain.history["train_loss"], kept.history["train_loss"])
     pd.testing.assert_series_equal(plain.history["val_mae"], kept.history["val_mae"])
     # the start loses once an epoch is better, as in a normal run
     _, learning = run_fit(tmp_path / "learning", make_config(epochs=4, select_start=True))
-    assert learning.best_epoch >= 1
+    assert learning.selected_epoch >= 1
 
 
 def test_start_score_is_computed_once_per_start_weights(tmp_path: Path, monkeypatch) -> None:
@@ -375,7 +380,10 @@ def test_start_score_is_computed_once_per_start_weights(tmp_path: Path, monkeypa
     assert passes.count("val 0") == 1
     _, again = run_fit(tmp_path / "again", config, prediction_cache=cache)  # same start
     assert passes.count("val 0") == 1 and passes.count("val 1") == 2  # only epoch 0 reused
-    assert (again.best_epoch, again.best_val_mae) == (first.best_epoch, first.best_val_mae)
+    assert (again.selected_epoch, again.selected_val_mae) == (
+        first.selected_epoch,
+        first.selected_val_mae,
+    )
     learned = ["epoch", "train_loss", "val_mae", "val_rmse", "lr"]
     pd.testing.assert_frame_equal(first.history[learned], again.history[learned])
     run_fit(tmp_path / "other", config, model_seed=5, prediction_cache=cache)  # other start
@@ -396,7 +404,7 @@ def test_early_stopping_stops_after_patience(tmp_path: Path) -> None:
     frozen = {k: 0.0 for k in LRS}  # nothing learns: val MAE never improves after epoch 1
     _, result = run_fit(tmp_path, make_config(epochs=10, lrs=frozen, patience=2))
     assert result.stopped_early and list(result.history["epoch"]) == [1, 2, 3]
-    assert result.best_epoch == 1
+    assert result.selected_epoch == 1
     _, again = run_fit(tmp_path, make_config(epochs=10, lrs=frozen, patience=2))
     assert again.stopped_early and len(again.history) == 3
 
@@ -404,7 +412,7 @@ def test_early_stopping_stops_after_patience(tmp_path: Path) -> None:
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     _, result = run_fit(tmp_path, make_config(epochs=1))
     last = torch.load(result.last_checkpoint, weights_only=True)
-    best = torch.load(result.best_checkpoint, weights_only=True)
+    best = torch.load(result.selected_checkpoint, weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "history", "config"} <= set(last)
     assert set(last["rng"]) >= {"python", "numpy", "torch", "cuda"}
     assert last["history"]["epoch"] == [1]
@@ -462,7 +470,7 @@ def test_seed_and_device_helpers() -> None:
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="sgd")
+        loop_config(optimizer="sgd")
 
 
 def test_one_schedule_for_pretraining_and_adaptation() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tests.conftest import base_recipe, conf_base_parameters
 from tests.pipelines.test_fewshot_e2e import TINY
 
 
@@ -137,8 +138,8 @@ def test_summarise_benchmark_gives_cis_coverage_and_paired_differences() -> None
     summary, markdown, _, paired, paired_markdown = summarise_benchmark(
         metrics,
         predictions,
-        {"comparisons": comparisons},
-        {"bootstrap_resamples": 200, "interval_alpha": 0.1},
+        {**conf_base_parameters()["benchmark"], "comparisons": comparisons},
+        base_recipe(evaluation={"bootstrap_resamples": 200, "interval_alpha": 0.1}).evaluation,
     )
     zero = summary[summary["method"] == "zero_shot"]
     assert (zero["n"] == 1).all() and not zero["seed_dependent"].any()

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import base_recipe
+
 TINY = {
     "synthetic": {"generate": {"n_train": 16, "n_val": 4, "n_test": 6, "seed": 7, "workers": 1}},
     "ingestion": {"workers": 1},
@@ -89,6 +91,9 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project, capsys)
     assert list((root / "data/08_reporting/fewshot_plots/k1_seed0").glob("*/*/mfl_attention.png"))
 
 
+EVALUATION = base_recipe(evaluation={"bootstrap_resamples": 200}).evaluation
+
+
 def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None:
     import numpy as np
 
@@ -115,7 +120,7 @@ def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None
             for method in ("cardiac_clip", "zero_shot", "val_median_predictor"):
                 rows.append({"split": name, "method": method, "k": k, "seed": seed})
     long = pd.concat([table.assign(split=name) for name, table in predictions.items()])
-    summary, markdown, _ = summarise_fewshot(pd.DataFrame(rows), long, {"bootstrap_resamples": 200})
+    summary, markdown, _ = summarise_fewshot(pd.DataFrame(rows), long, EVALUATION)
     model = summary[summary["method"] == "cardiac_clip"]
     assert (model["n"] == 2).all() and model["coverage_90_mean"].between(0.8, 1).all()
     for method in ("zero_shot", "val_median_predictor"):

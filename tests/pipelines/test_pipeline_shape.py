@@ -8,13 +8,17 @@ import pytest
 from cardiac_pipeline.pipelines.benchmark.pipeline import create_pipeline as benchmark_pipeline
 from cardiac_pipeline.pipelines.fewshot.nodes import check_grid
 from cardiac_pipeline.pipelines.fewshot.pipeline import create_pipeline as fewshot_pipeline
+from tests.conftest import _deep_merge, conf_base_parameters
 
-BASE = {
-    "echonet_root": "data/01_raw/echonet_synthetic",
-    "synthetic": {"root": "data/01_raw/echonet_synthetic"},
-    "fewshot": {"shots": [1, 2], "seeds": [0, 1], "val_size": 4},
-    "backbone": {"name": "echo-vit-tiny", "pretrained": "pretrain"},
-}
+BASE = _deep_merge(
+    conf_base_parameters(),
+    {
+        "echonet_root": "data/01_raw/echonet_synthetic",
+        "synthetic": {"root": "data/01_raw/echonet_synthetic"},
+        "fewshot": {"shots": [1, 2], "seeds": [0, 1], "val_size": 4},
+        "backbone": {"name": "echo-vit-tiny", "pretrained": "pretrain"},
+    },
+)
 
 
 def _names(pipeline) -> set[str]:
@@ -56,7 +60,7 @@ def test_synthetic_data_and_pretraining_only_when_asked_for(tmp_path):
             parameters={
                 **BASE,
                 "echonet_root": str(tmp_path / "EchoNet-Dynamic"),
-                "backbone": {"name": "echo-vit-tiny", "pretrained": str(tmp_path / "w.pt")},
+                "backbone": {**BASE["backbone"], "pretrained": str(tmp_path / "w.pt")},
             }
         )
     )
@@ -64,7 +68,7 @@ def test_synthetic_data_and_pretraining_only_when_asked_for(tmp_path):
     assert {"ingest_echonet", "build_clip_store", "fewshot.k1_seed0.train"} <= own
     hub = _names(
         fewshot_pipeline(
-            parameters={**BASE, "backbone": {"name": "hf-hub:x/y", "pretrained": "pretrain"}}
+            parameters={**BASE, "backbone": {**BASE["backbone"], "name": "hf-hub:x/y"}}
         )
     )
     assert "pretrain_backbone" not in hub and "generate_synthetic_echonet" in hub
@@ -72,19 +76,13 @@ def test_synthetic_data_and_pretraining_only_when_asked_for(tmp_path):
 
 def test_a_grid_changed_after_the_pipeline_was_built_fails_naming_the_key():
     with pytest.raises(ValueError, match=r"fewshot.*k1_seed0.*conf/"):
-        check_grid({"shots": [1], "seeds": [0]}, built=["k1_seed0", "k1_seed1"])
-    check_grid({"shots": [1], "seeds": [0, 1]}, built=["k1_seed1", "k1_seed0"])
+        check_grid({**BASE["fewshot"], "shots": [1], "seeds": [0]}, built=["k1_seed0", "k1_seed1"])
+    check_grid({**BASE["fewshot"], "shots": [1], "seeds": [0, 1]}, built=["k1_seed1", "k1_seed0"])
 
 
 def test_benchmark_one_node_per_method_and_split_and_one_zero_shot_model():
-    benchmark = {
-        "variant": "quick",
-        "work_dir": "w",
-        "variants": {
-            "quick": {"shots": [1, 4], "seeds": [0], "methods": ["zero_shot", "cardiac_clip"]}
-        },
-        "methods": {"zero_shot": {"kind": "zero_shot"}, "cardiac_clip": {"kind": "cardiac_clip"}},
-    }
+    quick = {"shots": [1, 4], "seeds": [0], "methods": ["zero_shot", "cardiac_clip"]}
+    benchmark = _deep_merge(BASE["benchmark"], {"variant": "quick", "variants": {"quick": quick}})
     names = _names(benchmark_pipeline(parameters={**BASE, "benchmark": benchmark}))
     for split in ("k1_seed0", "k4_seed0"):
         assert {

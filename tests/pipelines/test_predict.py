@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cardiac_pipeline.config import record
 from cardiac_pipeline.echo.video import write_video
 from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model import recipe
@@ -25,23 +26,25 @@ from cardiac_pipeline.model.predict import (
     resolve_checkpoint,
 )
 from cardiac_pipeline.reporting.predict_report import prediction_report_html
+from tests.conftest import base_recipe
 from tests.echo.test_dicom import PHI, write_echo
 from tests.echo.test_inputs import moving_video
 
-ARCH = {
-    "backbone": {"name": "echo-vit-tiny", "pretrained": None},
-    "cardiac_clip": {"scales": [1], "pooling": "attention", "head": "prompt"},
-}
+TINY = base_recipe(
+    backbone={"name": "echo-vit-tiny", "pretrained": None},
+    cardiac_clip={"scales": [1], "pooling": "attention", "head": "prompt", "prompt_set": "ranges"},
+)
+ARCH = recipe.Arch(backbone=TINY.backbone, cardiac_clip=TINY.cardiac_clip, adapters=None)
 
 
 def tiny_checkpoint(seed: int = 0) -> dict:
     model = recipe.build_cardiac_clip(ARCH, seed=seed)
     return {
         "format": recipe.CHECKPOINT_FORMAT,
-        "arch": ARCH,
+        "arch": record(ARCH),
         "clips": {"frames": 4, "period": 2},
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "meta": {"best_epoch": 0},
+        "meta": {"selected_epoch": 0},
     }
 
 

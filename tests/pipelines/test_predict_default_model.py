@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cardiac_pipeline.model.predict import default_checkpoint
+from tests.conftest import conf_base_parameters
 
 
 def _save(path: Path, val_mae: float | None) -> None:
@@ -76,6 +77,7 @@ def test_predict_node_logs_which_model_and_why(
 
     _fewshot_run(tmp_path / "models")
     predict = {
+        **conf_base_parameters()["predict"],
         "input_dir": str(_video_folder(tmp_path / "videos")),
         "models_dir": str(tmp_path / "models"),
         "device": "cpu",

@@ -17,9 +17,11 @@ from cardiac_pipeline.pipelines.pretrain.datasets import (
     PretrainedBackboneArchive,
     PretrainedBackboneDataset,
 )
+from tests.conftest import conf_base_parameters
 from tests.processes import SPAWN, wait_until
 
-PREPROCESSING = {"size": 112}
+PREPROCESSING = conf_base_parameters()["preprocessing"]
+BASE = {**conf_base_parameters()["pretrain"], "arch": "toy"}
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def _pretrain(corpus, current: Path, archive: Path | None, epochs: int) -> None:
     """One run of the node and its two datasets, as Kedro does."""
     index, raw = corpus
-    params = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": epochs, "seed": 0}
+    params = {**BASE, "epochs": epochs, "seed": 0}
     available = PretrainedBackboneArchive(str(current), archive and str(archive)).load()
     result = nodes.pretrain_backbone(None, index, raw, params, PREPROCESSING, available)
     PretrainedBackboneDataset(str(current), archive and str(archive)).save(result)
@@ -96,12 +98,13 @@ def test_without_an_archive_a_changed_config_pretrains_again(tmp_path: Path, cor
 
 
 def test_spelling_out_the_neutral_defaults_keeps_the_config_and_its_checkpoint() -> None:
-    pretrain = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": 20, "batch_size": 32}
+    pretrain = {**BASE, "epochs": 20, "batch_size": 32}
 
     def config(**extra) -> dict:
         return nodes.pretraining_config({**pretrain, **extra}, PREPROCESSING, pairs=2)
 
-    assert config(warmup_epochs=0, lr_schedule="constant") == config()
+    neutral = config(warmup_epochs=0.0, lr_schedule="constant")
+    assert "warmup_epochs" not in neutral and "lr_schedule" not in neutral
     assert config(warmup_epochs=0.5)["warmup_epochs"] == 0.5
     assert config(lr_schedule="cosine")["lr_schedule"] == "cosine"
     assert config_hash({"arch": "toy", **config()}) != config_hash(

@@ -326,12 +326,12 @@ def build_video_index(
     *,
     file_list: str = FILE_LIST,
     volume_tracings: str = VOLUME_TRACINGS,
-    min_frames: int = 8,
-    ef_range: tuple[float, float] = (0.0, 100.0),
-    ef_tolerance: float = 1.0,
+    min_frames: int,
+    ef_range: tuple[float, float],
+    ef_tolerance: float,
     standard_size: tuple[int, int] = (112, 112),
-    frame_count_tolerance: int = 0,
-    workers: int = 1,
+    frame_count_tolerance: int,
+    workers: int,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate an EchoNet-format folder: ``(video_index, video_rejects)`` per docs/contracts.md.

@@ -767,29 +767,14 @@ def format_paired_differences(
     return "\n".join(lines) + "\n"
 
 
-# conf keys (section ``evaluation``) of the statistics, with their defaults
-STATISTICS_DEFAULTS: dict[str, float] = {
-    "bootstrap_resamples": DEFAULT_BOOTSTRAP_RESAMPLES,
-    "bootstrap_seed": 0,
-    "ci_level": DEFAULT_CI_LEVEL,
-    "interval_alpha": 0.1,
-}
-
-
-def bootstrap_settings(evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """``summarise_with_ci`` / ``paired_differences`` keywords from the ``evaluation`` section."""
-    values = {**STATISTICS_DEFAULTS, **{k: v for k, v in evaluation.items() if v is not None}}
+def bootstrap_settings(evaluation: Any) -> dict[str, Any]:
+    """``summarise_with_ci`` / ``paired_differences`` keywords from the typed ``evaluation``
+    section (``config.EvaluationConfig``)."""
     return {
-        "n_resamples": int(values["bootstrap_resamples"]),
-        "bootstrap_seed": int(values["bootstrap_seed"]),
-        "level": float(values["ci_level"]),
+        "n_resamples": int(evaluation.bootstrap_resamples),
+        "bootstrap_seed": int(evaluation.bootstrap_seed),
+        "level": float(evaluation.ci_level),
     }
-
-
-def interval_alpha(evaluation: Mapping[str, Any]) -> float:
-    """``evaluation.interval_alpha`` (0.1: 90% intervals)."""
-    value = evaluation.get("interval_alpha")
-    return float(STATISTICS_DEFAULTS["interval_alpha"] if value is None else value)
 
 
 def conformal_by_model(

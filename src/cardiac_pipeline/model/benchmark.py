@@ -12,9 +12,10 @@ splits, clips, schedule and evaluation. Kinds:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,77 +23,105 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cardiac_pipeline.config import (
+    BackboneConfig,
+    BenchmarkConfig,
+    BenchmarkMethodConfig,
+    BenchmarkVariantConfig,
+    ClipsConfig,
+    Recipe,
+    override,
+    record,
+)
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import EVALUATED_ROLES
-from cardiac_pipeline.model import recipe
+from cardiac_pipeline.errors import UserError
+from cardiac_pipeline.model import recipe as recipes
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 from cardiac_pipeline.nn.encoders import NotApplicable, VideoEncoder, create_encoder
-from cardiac_pipeline.params import check_keys
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("zero_shot", "linear_probe", "cardiac_clip", "echonet_regressor")
-SECTIONS = ("backbone", "cardiac_clip", "clips", "training", "evaluation")
-METHOD_KEYS = frozenset({"kind", "pretrained", *SECTIONS})
 
-
-def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in (override or {}).items():
-        out[key] = (
-            _merge(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
-
-
-def method_settings(method: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The base recipe (backbone, cardiac_clip, clips, training, evaluation) with the method's overrides."""
-    return {key: _merge(base[key], method.get(key)) for key in SECTIONS}
-
-
-def layered_recipe(
-    base: dict[str, Any], layers: list[tuple[str, dict[str, Any] | None]]
-) -> dict[str, Any]:
-    """``base`` with each ``(where, overrides)`` layer merged over it in turn.
+def layered_recipe(base: Recipe, layers: list[tuple[str, Mapping[str, Any] | None]]) -> Recipe:
+    """``base`` with each ``(where, overrides)`` layer over it in turn (``config.override``).
 
     The benchmark's base is the fewshot recipe, then ``benchmark.recipe`` (CPU budget for a
     grid of many runs), then the variant's ``recipe`` (the quick variant's shorter
     adaptation). A key outside the recipe sections is an error naming ``where``.
     """
     for where, layer in layers:
-        check_keys(where, layer, SECTIONS)
-        base = method_settings(layer or {}, base)
+        base = override(base, layer, where)
     return base
 
 
-def method_kind(name: str, method: dict[str, Any]) -> str:
-    """The method's ``kind`` (default ``cardiac_clip``); an unknown one is an error."""
-    kind = method.get("kind", "cardiac_clip")
-    if kind not in KINDS:
-        raise ValueError(f"benchmark.methods.{name}: unknown kind {kind!r} (one of {KINDS})")
-    return kind
+def variant_grid(benchmark: BenchmarkConfig) -> tuple[str, BenchmarkVariantConfig]:
+    """The chosen variant's name and grid (``benchmark.variant``: full, quick, ...)."""
+    name = benchmark.variant
+    if name not in benchmark.variants:
+        raise UserError(
+            f"parameter 'benchmark.variant': {name!r} is not one of "
+            f"{', '.join(sorted(benchmark.variants))}"
+        )
+    return name, benchmark.variants[name]
+
+
+def benchmark_recipe(fewshot: Recipe, benchmark: BenchmarkConfig) -> Recipe:
+    """The fewshot recipe with ``benchmark.recipe`` over it (CPU-sized clips and epochs for
+    a grid of many runs) and the variant's own ``recipe`` over that (the quick variant's
+    shorter adaptation): the base every method's overrides start from, every method of
+    the variant checked against it."""
+    variant, grid = variant_grid(benchmark)
+    base = layered_recipe(
+        fewshot,
+        [
+            ("benchmark.recipe", benchmark.recipe),
+            (f"benchmark.variants.{variant}.recipe", grid.recipe),
+        ],
+    )
+    check_methods(benchmark.methods, list(grid.methods), base)
+    return base
+
+
+def method_recipe(name: str, method: BenchmarkMethodConfig, base: Recipe) -> Recipe:
+    """The base recipe with the method's overrides (its sections' keys, checked)."""
+    return override(base, method.overrides, f"benchmark.methods.{name}")
 
 
 def check_methods(
-    methods: dict[str, dict[str, Any]], names: list[str], base: dict[str, Any]
+    methods: Mapping[str, BenchmarkMethodConfig], names: list[str], base: Recipe
 ) -> None:
-    """Fail before the first run on an unknown method, kind or key in any method's recipe.
+    """Fail before the first run on an unknown method or a bad key in any method's recipe.
 
     A misspelt override (``cardiacclip: {scales: [1]}``) would otherwise run the full model
     under the ablation's name.
     """
     missing = [name for name in names if name not in methods]
     if missing:
-        raise ValueError(f"benchmark methods {missing} are not defined in benchmark.methods")
+        raise UserError(f"benchmark methods {missing} are not defined in benchmark.methods")
     for name in names:
-        method = methods[name] or {}
-        where = f"benchmark.methods.{name}"
-        check_keys(where, method, METHOD_KEYS)
-        method_kind(name, method)
-        recipe.check_recipe(method_settings(method, base), where=f"{where}.")
+        method_recipe(name, methods[name], base)
+
+
+def _method_backbone(
+    name: str, method: BenchmarkMethodConfig, backbone: BackboneConfig, pretrained: str | None
+) -> BackboneConfig:
+    """The method's backbone: pretrained methods start from the recipe's own weights (a file
+    or a foundation model's folder) or else the pretrain checkpoint; the others from random
+    weights of the same architecture (``load_weights: false``)."""
+    own = backbone.pretrained
+    own = None if own is None or str(own) == recipes.PRETRAIN_CHECKPOINT else own
+    if not method.pretrained:
+        if own is not None or brings_own_weights(backbone.name):
+            return dataclasses.replace(backbone, pretrained=own, load_weights=False)
+        return dataclasses.replace(backbone, pretrained=None)
+    if own is None and not pretrained:
+        raise ValueError(
+            f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
+        )
+    start = dataclasses.replace(backbone, pretrained=own or recipes.PRETRAIN_CHECKPOINT)
+    return recipes.with_pretrained(start, pretrained)
 
 
 def _left_out_where_not_applicable(
@@ -115,11 +144,11 @@ def _left_out_where_not_applicable(
 @_left_out_where_not_applicable
 def run_method(
     name: str,
-    method: dict[str, Any],
+    method: BenchmarkMethodConfig,
     store: ClipStore,
     split: pd.DataFrame,
     *,
-    base: dict[str, Any],
+    base: Recipe,
     pretrained_backbone: str | None,
     cache_dir: str | Path,
     progress: bool = True,
@@ -136,79 +165,54 @@ def run_method(
     the backbone (EchoZoom on a clip encoder, prompts without a text tower) is left out
     with the reason logged: no predictions.
     """
-    kind = method_kind(name, method)
-    settings = method_settings(method, base)
+    settings = method_recipe(name, method, base)
+    backbone = _method_backbone(name, method, settings.backbone, pretrained_backbone)
+    settings = dataclasses.replace(settings, backbone=backbone)
     train = split[split["role"] == "train"]
-    uses_pretrained = method.get("pretrained", kind in ("zero_shot", "linear_probe"))
-    settings["backbone"] = _method_backbone(
-        name, settings["backbone"], bool(uses_pretrained), pretrained_backbone
-    )
-    device = settings["training"].get("device", "auto")
-
-    if kind == "zero_shot":
-        return _with_roles(split, lambda rows: zero_shot_predictions(store, rows, settings))
-    if kind == "linear_probe":
+    if method.kind == "zero_shot":
+        return _with_roles(
+            split,
+            lambda rows: zero_shot_predictions(
+                store, rows, backbone, settings.clips, settings.evaluation.n_clips
+            ),
+        )
+    if method.kind == "linear_probe":
         return _with_roles(
             split, lambda rows: _linear_probe(store, train, rows, settings, Path(cache_dir))
         )
-    arch = {
-        "backbone": settings["backbone"],
-        "cardiac_clip": {**settings["cardiac_clip"], "method": name},
-    }
-    training = {**settings["training"], "work_dir": str(Path(cache_dir) / "runs" / name)}
     seed = int(split["seed"].dropna().iloc[0]) if split["seed"].notna().any() else 0
-    training["seed"] = seed
+    training = dataclasses.replace(
+        settings.training, work_dir=str(Path(cache_dir) / "runs" / name), seed=seed
+    )
+    cardiac_clip = dataclasses.replace(settings.cardiac_clip, method=name)
+    settings = dataclasses.replace(settings, training=training, cardiac_clip=cardiac_clip)
     extra: dict[str, Any] = {}
-    if kind == "echonet_regressor":  # its own model on clips: no cached stage, no prompts
-        training.update({"adaptation": "full", "prior_correction": "none"})
-        from cardiac_pipeline.model.video_regressor import (
-            EchoNetVideoRegressor,
-            l1_loss,
-            regressor_param_groups,
-        )
-
-        # EchoNet's bias starts at its training-set mean EF (55.6 on EchoNet); here the
-        # training set is the k-shot sample: a fixed 55.6 would hand the baseline the
-        # population prior that the few-shot protocol withholds from every other method.
-        initial_ef = round(float(train["EF"].mean()), 4)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            extra = {
-                "model": EchoNetVideoRegressor(initial_ef=initial_ef),
-                "loss_fn": l1_loss,
-                "param_groups_fn": regressor_param_groups,
-            }
-        arch = {
-            "backbone": {"name": "r2plus1d_18", "pretrained": None},
-            "cardiac_clip": {"method": name},
-            "initial_ef": initial_ef,
-        }
+    if method.kind == "echonet_regressor":
+        settings, extra = _regressor(settings, train, seed)
     cache = PredictionCache(Path(cache_dir) / "predictions")
-    checkpoint, result = recipe.train_on_split(
+    checkpoint, _ = recipes.train_on_split(
         store,
         split,
-        arch=arch,
-        clips=settings["clips"],
-        training=training,
-        eval_batch_size=int(settings["evaluation"].get("batch_size", 1)),
+        settings,
         progress=progress,
         prediction_cache=cache,
-        features=features if kind == "cardiac_clip" else None,
+        features=features if method.kind == "cardiac_clip" else None,
         **extra,
     )
     model = extra.get("model")
-    if model is None:  # the checkpoint holds the best weights of every stage's model
-        model = recipe.model_from_checkpoint(checkpoint)
+    if model is None:  # the checkpoint holds the selected weights of every stage's model
+        model = recipes.model_from_checkpoint(checkpoint)
+    evaluation = dataclasses.replace(settings.evaluation, device=settings.training.device)
 
     def predict(rows: pd.DataFrame) -> pd.DataFrame:
-        predictions, _ = recipe.predict_on_table(
+        predictions, _ = recipes.predict_on_table(
             store,
             rows,
             checkpoint,
-            {**settings["evaluation"], "device": device},
+            evaluation,
             model=model,
             progress=progress,
-            cache=cache.scoped({"arch": checkpoint.get("arch", arch)}),
+            cache=cache.scoped({"arch": checkpoint["arch"]}),
             features=features,
         )
         return predictions[["FileName", "EF_true", "EF_pred"]]
@@ -216,25 +220,31 @@ def run_method(
     return _with_roles(split, predict)
 
 
-def _method_backbone(
-    name: str, backbone: dict[str, Any], uses_pretrained: bool, pretrained_backbone: str | None
-) -> dict[str, Any]:
-    """The method's backbone section: pretrained methods start from the recipe's weights
-    (a file or a foundation model's folder) or else the pretrain pipeline's checkpoint;
-    the others from random weights (of the same architecture: ``load_weights: false``)."""
-    own = backbone.get("pretrained")
-    own = None if own is None or str(own) == recipe.PRETRAIN_CHECKPOINT else own
-    if not uses_pretrained:
-        if own is not None or brings_own_weights(backbone["name"]):
-            return {**backbone, "pretrained": own, "load_weights": False}
-        return {**backbone, "pretrained": None}
-    if own is None and not pretrained_backbone:
-        raise ValueError(
-            f"benchmark method {name!r} needs a pretrained backbone; run the pretrain pipeline"
-        )
-    return recipe.with_pretrained(
-        {**backbone, "pretrained": own or recipe.PRETRAIN_CHECKPOINT}, pretrained_backbone
+def _regressor(settings: Recipe, train: pd.DataFrame, seed: int) -> tuple[Recipe, dict[str, Any]]:
+    """EchoNet's R(2+1)D: its own model on clips (no cached stage, no prompts)."""
+    from cardiac_pipeline.model.adaptation import RANDOM_START
+    from cardiac_pipeline.model.video_regressor import (
+        EchoNetVideoRegressor,
+        l1_loss,
+        regressor_param_groups,
     )
+
+    # EchoNet's bias starts at its training-set mean EF (55.6 on EchoNet); here the
+    # training set is the k-shot sample: a fixed 55.6 would hand the baseline the
+    # population prior that the few-shot protocol withholds from every other method.
+    initial_ef = round(float(train["EF"].mean()), 4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        extra = {
+            "model": EchoNetVideoRegressor(initial_ef=initial_ef),
+            "loss_fn": l1_loss,
+            "param_groups_fn": regressor_param_groups,
+        }
+    training = dataclasses.replace(
+        settings.training, adaptation=RANDOM_START, prior_correction="none"
+    )
+    backbone = BackboneConfig(name="r2plus1d_18", pretrained=None, load_weights=False)
+    return dataclasses.replace(settings, training=training, backbone=backbone), extra
 
 
 def _with_roles(
@@ -247,28 +257,31 @@ def _with_roles(
     return pd.concat(parts, ignore_index=True)[["FileName", "role", "EF_true", "EF_pred"]]
 
 
-def _pretrained(settings: dict[str, Any]) -> VideoEncoder:
-    return create_encoder(settings["backbone"]["name"], settings["backbone"]["pretrained"])
+def _pretrained(backbone: BackboneConfig) -> VideoEncoder:
+    return create_encoder(backbone.name, backbone.pretrained)
 
 
 def zero_shot_predictions(
-    store: ClipStore, test: pd.DataFrame, settings: dict[str, Any]
+    store: ClipStore,
+    test: pd.DataFrame,
+    backbone: BackboneConfig,
+    clips: ClipsConfig,
+    n_clips: int | str,
 ) -> pd.DataFrame:
     """``FileName, EF_true, EF_pred`` of the pretrained backbone's zero-shot prompts (no
     labels; its own EF head without a text tower); empty, with the reason logged, for a
     backbone with neither."""
     from cardiac_pipeline.model.pretrain import zero_shot_predict
 
-    clips, evaluation = settings["clips"], settings["evaluation"]
     try:
         table = zero_shot_predict(
-            _pretrained(settings),
+            _pretrained(backbone),
             store,
             test,
-            frames=int(clips["frames"]),
-            period=int(clips["period"]),
-            target_fps=clips.get("target_fps"),
-            n_clips=int(evaluation.get("n_clips", 2)),
+            frames=clips.frames,
+            period=clips.period,
+            target_fps=clips.target_fps,
+            n_clips=int(n_clips),
         )
     except NotApplicable as reason:
         logger.warning("zero-shot left out: %s", reason)
@@ -278,23 +291,23 @@ def zero_shot_predictions(
     ]
 
 
-def probe_model_id(backbone: dict[str, Any]) -> str:
+def probe_model_id(backbone: BackboneConfig) -> str:
     """Embedding-cache id of a backbone: its name and its weights' content, as in run keys.
 
     Re-pretraining rewrites the checkpoint in place; the content hash (not the path or the
     file time) makes that a new cache entry and leaves a copied or touched file a hit.
     """
-    fingerprint = recipe.weights_fingerprint({"backbone": backbone})
+    fingerprint = recipes.weights_fingerprint(backbone)
     # only the hash is shortened: a folder or hub source is named in full, so two of them
     # that share a prefix never share a cache entry
-    return f"{backbone['name']}-{fingerprint[:16] if fingerprint else backbone.get('pretrained')}"
+    return f"{backbone.name}-{fingerprint[:16] if fingerprint else backbone.pretrained}"
 
 
 def _linear_probe(
     store: ClipStore,
     train: pd.DataFrame,
     test: pd.DataFrame,
-    settings: dict[str, Any],
+    settings: Recipe,
     cache_dir: Path,
 ) -> pd.DataFrame:
     from cardiac_pipeline.model.data import EchoClipDataset
@@ -305,19 +318,19 @@ def _linear_probe(
         predict_linear_probe,
     )
 
-    arch = {
-        "backbone": settings["backbone"],
-        "cardiac_clip": {"scales": [1], "pooling": "mean", "head": "linear"},
-    }
-    model = recipe.build_cardiac_clip(arch, seed=0).eval()
-    spec = recipe.clip_spec(settings["clips"])
-    n_clips = int(settings["evaluation"].get("n_clips", 2))
-    model_id = probe_model_id(settings["backbone"])
+    probe = dataclasses.replace(
+        settings.cardiac_clip, scales=[1], pooling="mean", head="linear", learn_prompts=False
+    )
+    arch = recipes.Arch(backbone=settings.backbone, cardiac_clip=probe, adapters=None)
+    model = recipes.build_cardiac_clip(arch, seed=0).eval()
+    spec = recipes.clip_spec(settings.clips)
+    n_clips = int(settings.evaluation.n_clips)
+    model_id = probe_model_id(settings.backbone)
     cache = EmbeddingCache(cache_dir / "embeddings")
     # frame_norm: video embeddings are means of L2-normalised frame embeddings (older
     # entries, means of raw ones, are not served)
     clip_params = {
-        **settings["clips"],
+        **record(settings.clips),
         "n_clips": n_clips,
         "store": str(store.root),
         "frame_norm": True,

@@ -66,18 +66,8 @@ logger = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 """Bump when what is stored changes: every key (so every store) changes with it."""
 
-ADAPTATION_MODES = ("cached", "full", "cached_then_full")
 _FEATURES_DIR = "features"
 _ENTRIES_DIR = "entries"
-
-
-def check_adaptation(mode: Any) -> str:
-    """The adaptation mode, or an error naming the key and the choices."""
-    if mode not in ADAPTATION_MODES:
-        raise ValueError(
-            f"training.adaptation: {mode!r} is not a mode; use one of {', '.join(ADAPTATION_MODES)}"
-        )
-    return str(mode)
 
 
 def _cpu_has_amx() -> bool:

@@ -103,7 +103,7 @@ def default_checkpoint(models_dir: str | os.PathLike) -> tuple[Path, str]:
     ``models_dir`` is ``data/06_models/fewshot_models``: ``<version>/fewshot_models/*.pt``,
     one checkpoint per (k, seed), versions named by Kedro's sortable timestamps (a plain
     folder of ``.pt`` files is one run). Among the newest run's checkpoints the one with the
-    lowest ``meta.best_val_mae`` (the VAL MAE of its selected epoch) wins: VAL is the only
+    lowest ``meta.selected_val_mae`` (the VAL MAE of its selected epoch) wins: VAL is the only
     labelled data model selection may look at, so TEST stays untouched. Ties, and
     checkpoints without a VAL score (ranked last), go by natural name order (k1 before
     k2 before k16).
@@ -138,7 +138,8 @@ def latest_checkpoint(models_dir: str | os.PathLike) -> Path:
 
 def _val_mae(path: Path) -> float:
     try:
-        value = float((recipe.load_checkpoint(path).get("meta") or {}).get("best_val_mae"))
+        meta = recipe.load_checkpoint(path).get("meta") or {}
+        value = float(meta.get("selected_val_mae", meta.get("best_val_mae")))  # older: best_
     except Exception:  # no VAL score, or no checkpoint at all: refused by name if picked
         return math.inf
     return value if math.isfinite(value) else math.inf

@@ -1,7 +1,8 @@
-"""From configuration dicts to trained CardiacCLIP models and their predictions.
+"""From the typed recipe (``config.Recipe``) to trained CardiacCLIP models and predictions.
 
-The one place where conf-shaped parameters become a model, datasets and a training run,
-shared by the fewshot, benchmark and predict pipelines. A checkpoint produced here is
+The one place where the recipe's sections become a model, datasets and a training run,
+shared by the fewshot, benchmark and predict pipelines and the ``train`` entry point; how
+each adaptation mode trains is its row in ``model/adaptation.py``. A checkpoint produced here is
 self-describing: it carries the architecture and clip parameters it needs to be rebuilt,
 and its weights, and nothing that needs pickle (it loads with ``weights_only=True``).
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,36 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
+from cardiac_pipeline.config import (
+    BackboneConfig,
+    CardiacClipConfig,
+    ClipsConfig,
+    EvaluationConfig,
+    LoraConfig,
+    Recipe,
+    record,
+)
 from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.model.adaptation import (
+    CACHED_STAGE,
+    Adaptation,
+    adaptation,
+    for_random_start,
+    predicts_from_features,
+)
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 from cardiac_pipeline.model.train import (
-    TrainConfig,
     TrainResult,
     fit,
     predict_videos,
     resolve_device,
 )
 from cardiac_pipeline.nn.encoders import create_encoder
-from cardiac_pipeline.params import check_keys
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
 MODEL_KWARGS = (
@@ -56,35 +71,48 @@ CACHED_EVAL_BATCH = 64
 """VAL videos per forward pass in the cached stage (speed only)."""
 # Parameters that change where a run goes, not what it computes: left out of the run key.
 _NOT_IN_RUN_KEY = {"device", "num_workers", "eval_batch_size", "eval_clip_chunk", "work_dir"}
-# training keys that choose how to adapt, beside TrainConfig's (conf/base/parameters_fewshot.yml)
-ADAPTATION_KEYS = frozenset({"adaptation", "cached", "prior_correction"})
-PRIOR_CORRECTIONS = ("val", "none")
-
-# The keys each conf section of a recipe may have: the fields of its dataclass (config.py).
-RECIPE_KEYS: dict[str, frozenset[str]] = {
-    name: keys_of(section) for name, section in RECIPE_SECTIONS.items()
-}
-_MOVED_KEYS = {"training": {"eval_batch_size": "evaluation.batch_size (VAL and TEST alike)"}}
-
 
 PRETRAIN_CHECKPOINT = "pretrain"  # backbone.pretrained value: the pretrain pipeline's output
 
 
-def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Arch:
+    """What builds a model: the backbone, the model around it and (``lora``) its adapters.
+
+    A checkpoint keeps ``record(arch)``; ``model_from_checkpoint`` rebuilds from that.
+    """
+
+    backbone: BackboneConfig
+    cardiac_clip: CardiacClipConfig
+    adapters: LoraConfig | None
+
+
+def arch_of(recipe: Recipe) -> Arch:
+    """The recipe's model as its adaptation mode builds it: the cached modes learn the
+    prompt embeddings (the text tower is not run on cached features), ``lora`` adds
+    adapters."""
+    mode = adaptation(recipe.training.adaptation)
+    cardiac_clip = recipe.cardiac_clip
+    if mode.learn_prompts:
+        cardiac_clip = dataclasses.replace(cardiac_clip, learn_prompts=True)
+    adapters = recipe.training.lora if mode.adapters else None
+    return Arch(backbone=recipe.backbone, cardiac_clip=cardiac_clip, adapters=adapters)
+
+
+def with_pretrained(backbone: BackboneConfig, checkpoint: str | None) -> BackboneConfig:
     """``backbone`` with ``pretrained: pretrain`` resolved to ``checkpoint`` and its arch.
 
     Any other ``pretrained`` (null, a file, ``local-dir:``) is kept, and so is a ``name`` that
     brings its own weights (EchoCLIP's ``hf-hub:...``, ``local-dir:...``).
     The checkpoint knows the architecture it was trained as, so ``name`` follows it.
     """
-    if str(backbone.get("pretrained")) != PRETRAIN_CHECKPOINT:
-        return dict(backbone)
-    if brings_own_weights(backbone.get("name")):
+    if str(backbone.pretrained) != PRETRAIN_CHECKPOINT:
+        return backbone
+    if brings_own_weights(backbone.name):
         logger.info(
-            "backbone %s brings its own weights; not using the pretrain checkpoint",
-            backbone["name"],
+            "backbone %s brings its own weights; not using the pretrain checkpoint", backbone.name
         )
-        return {**backbone, "pretrained": None}
+        return dataclasses.replace(backbone, pretrained=None)
     if not checkpoint:
         raise ValueError(
             "backbone.pretrained is 'pretrain' but there is no pretrained checkpoint; "
@@ -95,32 +123,35 @@ def with_pretrained(backbone: dict[str, Any], checkpoint: str | None) -> dict[st
     arch = read_checkpoint_arch(checkpoint)
     if arch is None:
         raise ValueError(f"{checkpoint}: not a pretrained checkpoint of the pretrain pipeline")
-    if backbone.get("name") and backbone["name"] != arch:
+    if backbone.name != arch:
         logger.warning(
             "backbone.name %s differs from the pretrained checkpoint's %s; using %s",
-            backbone["name"],
+            backbone.name,
             arch,
             arch,
         )
-    return {**backbone, "name": arch, "pretrained": str(checkpoint)}
+    return dataclasses.replace(backbone, name=arch, pretrained=str(checkpoint))
 
 
-def build_cardiac_clip(
-    arch: dict[str, Any], *, seed: int | None = None, weights: bool = True
-) -> CardiacCLIP:
-    """CardiacCLIP from ``{"backbone": {name, pretrained}, "cardiac_clip": {...}}``.
+def build_cardiac_clip(arch: Arch, *, seed: int | None = None, weights: bool = True) -> CardiacCLIP:
+    """CardiacCLIP of ``arch`` (with its adapters, if any).
 
     ``weights=False`` builds the architecture only (random init), for loading a checkpoint;
     ``backbone.load_weights: false`` does the same from config (from-scratch ablations, even
     of a name that brings its own weights such as EchoCLIP's ``hf-hub:``).
     """
+    return _build(record(arch), seed=seed, weights=weights)
+
+
+def _build(arch: Mapping[str, Any], *, seed: int | None, weights: bool) -> CardiacCLIP:
+    """The model of an ``Arch`` record (a checkpoint's ``arch``, older ones included)."""
     backbone = arch["backbone"]
-    load_weights = weights and bool(backbone.get("load_weights", True))
+    load_weights = weights and bool(backbone["load_weights"])
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         encoder = create_encoder(
-            backbone["name"], backbone.get("pretrained"), load_weights=load_weights
+            backbone["name"], backbone["pretrained"], load_weights=load_weights
         )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
@@ -128,60 +159,18 @@ def build_cardiac_clip(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return CardiacCLIP(encoder, **kwargs)
+        model = CardiacCLIP(encoder, **kwargs)
+        if arch.get("adapters"):  # a checkpoint field: older records have none
+            from cardiac_pipeline.model.lora import add_adapters
+
+            add_adapters(model, arch["adapters"])
+    return model
 
 
-def check_recipe(sections: Mapping[str, Mapping[str, Any] | None], where: str = "") -> None:
-    """Fail on any key a recipe section does not know (before hours of training on defaults).
-
-    ``sections`` maps section names (``backbone``, ``cardiac_clip``, ``clips``, ``training``,
-    ``evaluation``) to their values; ``where`` prefixes the names in the error
-    (``benchmark.methods.cardiac_clip.``).
-    """
-    for name, values in sections.items():
-        if name not in RECIPE_KEYS:
-            raise ValueError(f"parameters {where}{name!r}: not one of {sorted(RECIPE_KEYS)}")
-        check_keys(f"{where}{name}", values, RECIPE_KEYS[name], _MOVED_KEYS.get(name))
-
-
-def clip_spec(clips: dict[str, Any]) -> ClipSpec:
-    check_keys("clips", clips, RECIPE_KEYS["clips"])
-    return ClipSpec(**{k: v for k, v in clips.items() if k in CLIP_SPEC_KWARGS})
-
-
-def train_config(training: dict[str, Any]) -> TrainConfig:
-    """``TrainConfig`` from a conf ``training`` section (``work_dir`` is the caller's)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    check_keys("training", training, names | {"work_dir"} | ADAPTATION_KEYS)
-    return TrainConfig(**{k: v for k, v in training.items() if k in names})
-
-
-def adaptation_settings(training: Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
-    """``(mode, cached-stage training section, prior correction)`` of a ``training`` section.
-
-    ``training.cached`` overrides the section's TrainConfig values for the stage trained on
-    cached features (many cheap steps); the rest of the section is the full fine-tuning's.
-    """
-    from cardiac_pipeline.model.features import check_adaptation
-
-    mode = check_adaptation(training.get("adaptation", "full"))
-    cached = dict(training.get("cached") or {})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    check_keys("training.cached", cached, names)
-    prior = training.get("prior_correction", "none")
-    if prior not in PRIOR_CORRECTIONS:
-        raise ValueError(f"training.prior_correction: {prior!r} is not one of {PRIOR_CORRECTIONS}")
-    base = {k: v for k, v in training.items() if k not in ADAPTATION_KEYS}
-    return mode, {**base, **cached}, str(prior)
-
-
-def adapted_arch(arch: dict[str, Any], training: Mapping[str, Any]) -> dict[str, Any]:
-    """``arch`` as the adaptation mode builds it: the cached modes learn the prompt
-    embeddings (the text tower is not run on cached features)."""
-    mode, _, _ = adaptation_settings(training)
-    if mode == "full" or "cardiac_clip" not in arch:
-        return arch
-    return {**arch, "cardiac_clip": {**arch["cardiac_clip"], "learn_prompts": True}}
+def clip_spec(clips: ClipsConfig | Mapping[str, Any]) -> ClipSpec:
+    """The ``ClipSpec`` of a ``clips`` section or of a checkpoint's record of one."""
+    values = record(clips) if isinstance(clips, ClipsConfig) else clips
+    return ClipSpec(**{k: values[k] for k in CLIP_SPEC_KWARGS if k in values})
 
 
 def run_key(*parts: Any) -> str:
@@ -190,13 +179,13 @@ def run_key(*parts: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def weights_fingerprint(arch: dict[str, Any]) -> str | None:
+def weights_fingerprint(backbone: BackboneConfig) -> str | None:
     """Content hash of the backbone's weights file, so a run key changes when they do.
 
     A path alone is not enough: re-pretraining rewrites ``pretrained_backbone.pt`` in place,
     and a resumable run keyed on the path would return models adapted from the old weights.
     """
-    pretrained = (arch.get("backbone") or {}).get("pretrained")
+    pretrained = backbone.pretrained
     if not pretrained or not Path(str(pretrained)).is_file():
         return None
     digest = hashlib.sha1()
@@ -206,61 +195,49 @@ def weights_fingerprint(arch: dict[str, Any]) -> str | None:
     return digest.hexdigest()
 
 
-def starts_pretrained(arch: dict[str, Any]) -> bool:
-    """Whether the model of ``arch`` starts from learned weights (a checkpoint, EchoCLIP)."""
-    backbone = arch.get("backbone") or {}
-    if not backbone.get("load_weights", True):
+def starts_pretrained(backbone: BackboneConfig) -> bool:
+    """Whether a model of ``backbone`` starts from learned weights (a checkpoint, EchoCLIP)."""
+    if not backbone.load_weights:
         return False
-    return bool(backbone.get("pretrained")) or brings_own_weights(backbone.get("name"))
+    return bool(backbone.pretrained) or brings_own_weights(backbone.name)
+
+
+def effective_recipe(recipe: Recipe) -> Recipe:
+    """``recipe`` as run. Random starting weights: ``select_start`` is off (they are no
+    model), and the adaptation is ``adaptation.for_random_start``'s (a random trunk's frozen
+    features carry nothing to adapt to: the whole network trains)."""
+    if starts_pretrained(recipe.backbone):
+        return recipe
+    mode = for_random_start(adaptation(recipe.training.adaptation))
+    training = dataclasses.replace(recipe.training, select_start=False, adaptation=mode.name)
+    return dataclasses.replace(recipe, training=training)
 
 
 def work_folder(
-    store: ClipStore,
-    split: pd.DataFrame,
-    *,
-    arch: dict[str, Any],
-    clips: dict[str, Any],
-    training: dict[str, Any],
-    features: Any = None,
+    store: ClipStore, split: pd.DataFrame, recipe: Recipe, *, features: Any = None
 ) -> Path:
     """The resumable work folder of one training run (``last.pt``, its MLflow run record).
 
     ``training.work_dir``/<split label>-<key>: the key covers the architecture (as the
     adaptation mode builds it) and its weights file, clip and training parameters, the
     split's videos, the clip store and, for the cached modes, the frame-feature store, so
-    the same arguments as ``train_on_split`` give the folder it trains in.
+    the same recipe as ``train_on_split``'s gives the folder it trains in.
     """
-    training = _effective_training(arch, training)
-    arch = adapted_arch(arch, training)
-    train_rows = split[split["role"] == "train"]
-    val_rows = split[split["role"] == "val"]
+    recipe = effective_recipe(recipe)
+    training = record(recipe.training)
     parts = [
-        arch,
-        weights_fingerprint(arch),
-        {k: v for k, v in clips.items()},
+        record(arch_of(recipe)),
+        weights_fingerprint(recipe.backbone),
+        record(recipe.clips),
         {k: v for k, v in training.items() if k not in _NOT_IN_RUN_KEY},
-        sorted(train_rows["FileName"]),
-        sorted(val_rows["FileName"]),
+        sorted(split.loc[split["role"] == "train", "FileName"]),
+        sorted(split.loc[split["role"] == "val", "FileName"]),
         str(store.root),
     ]
-    if adaptation_settings(training)[0] != "full" and features is not None:
+    if adaptation(recipe.training.adaptation).needs_frame_features and features is not None:
         parts.append(features.key)
     key = run_key(*parts)
-    return Path(training.get("work_dir", "data/06_models/work")) / f"{_split_label(split)}-{key}"
-
-
-def _effective_training(arch: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
-    """``training`` as run. Random starting weights: ``select_start`` is off (they are no
-    model), and so is adaptation on cached features (a random trunk's frozen features carry
-    nothing to adapt to: the whole network trains, ``adaptation: full``)."""
-    if starts_pretrained(arch):
-        return training
-    changes = {}
-    if training.get("select_start"):
-        changes["select_start"] = False
-    if training.get("adaptation", "full") != "full":
-        changes["adaptation"] = "full"
-    return {**training, **changes} if changes else training
+    return Path(recipe.training.work_dir) / f"{_split_label(split)}-{key}"
 
 
 def _portable_path(path: str | Path) -> str:
@@ -278,26 +255,39 @@ def _portable_path(path: str | Path) -> str:
         return path.name
 
 
-def _portable_arch(arch: dict[str, Any]) -> dict[str, Any]:
-    """``arch`` with a backbone weights file as ``_portable_path`` (only a record: a model is
-    rebuilt from a checkpoint without it). ``local-dir:`` sources and folders (EchoCLIP's)
-    stay whole: the folder's open_clip config is what rebuilds the architecture.
+def _portable_arch(arch: Arch) -> dict[str, Any]:
+    """``record(arch)`` with a backbone weights file as ``_portable_path`` (only a record: a
+    model is rebuilt from a checkpoint without it). ``local-dir:`` sources and folders (EchoCLIP's) stay whole: the
+    folder's open_clip config is what rebuilds the architecture.
     """
-    backbone = dict(arch.get("backbone") or {})
-    pretrained = backbone.get("pretrained")
+    kept = record(arch)
+    pretrained = arch.backbone.pretrained
     if pretrained and not brings_own_weights(pretrained) and not Path(pretrained).is_dir():
-        backbone["pretrained"] = _portable_path(str(pretrained))
-    return {**arch, "backbone": backbone}
+        kept["backbone"]["pretrained"] = _portable_path(str(pretrained))
+    return kept
+
+
+@dataclass
+class _Run:
+    """One ``train_on_split`` call's pieces, shared by its stages."""
+
+    store: ClipStore
+    recipe: Recipe
+    mode: Adaptation
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+    work_dir: Path
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None
+    progress: bool
+    prediction_cache: PredictionCache | None
+    features: Any
 
 
 def train_on_split(
     store: ClipStore,
     split: pd.DataFrame,
+    recipe: Recipe,
     *,
-    arch: dict[str, Any],
-    clips: dict[str, Any],
-    training: dict[str, Any],
-    eval_batch_size: int = 1,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     model: torch.nn.Module | None = None,
@@ -308,135 +298,144 @@ def train_on_split(
 ) -> tuple[dict[str, Any], TrainResult]:
     """Train on the split's ``train`` rows, select on its ``val`` rows; a checkpoint dict.
 
-    ``training.adaptation``: ``full`` trains the model on clips (both towers);
-    ``cached`` trains EchoZoom's norm and projection, MFL and the prompt embeddings on
-    ``features`` (a ``model.features.FeatureStore`` of this backbone) with the trunk frozen;
-    ``cached_then_full`` does ``cached`` and then fine-tunes everything from there (LP-FT).
-    ``training.prior_correction: val`` adjusts the training logits for the TRAIN videos'
-    EF distribution against the VAL videos' (see ``features.prior_offset``).
+    ``training.adaptation`` picks the row of ``model.adaptation``'s table: its stages run in
+    order (``cached``: the head on ``features``, a ``model.features.FeatureStore`` of this
+    backbone, trunk frozen; ``full``: the model on clips; ``lora``: adapters, MFL and head
+    on clips). ``training.prior_correction: val`` adjusts the training logits for the TRAIN
+    videos' EF distribution against the VAL videos' (see ``features.prior_offset``).
+    ``training.seed`` seeds the run; ``evaluation.batch_size`` videos per VAL forward pass.
 
-    The run's work folder (``training.work_dir``/<name>-<key>) holds ``last.pt``: calling
-    again after an interruption resumes, and calling again after completion returns at
-    once. The key covers the architecture and its weights file, clip and training
-    parameters and the split.
-
-    ``training.select_start`` applies to pretrained starts only: random weights are no
-    candidate model (they would report an untrained network's near-constant output).
-    ``eval_batch_size`` (conf: ``evaluation.batch_size``) videos per VAL forward pass.
+    The run's work folder (``work_folder``) holds ``last.pt``: calling again after an
+    interruption resumes, and calling again after completion returns at once.
+    ``training.select_start`` applies to pretrained starts only (``effective_recipe``).
     ``prediction_cache`` serves the starting weights' VAL score when already computed.
     """
-    check_recipe({"backbone": arch.get("backbone"), "clips": clips, "training": training})
-    if not starts_pretrained(arch):
+    if not starts_pretrained(recipe.backbone):
         logger.info(
-            "%s starts from random weights: select_start off, adaptation full",
-            arch["backbone"]["name"],
+            "%s starts from random weights: select_start off, adaptation %s",
+            recipe.backbone.name,
+            for_random_start(adaptation(recipe.training.adaptation)).name,
         )
-    training = _effective_training(arch, training)
-    mode, cached_training, prior = adaptation_settings(training)
-    if mode != "full" and model is not None:
-        raise ValueError(f"training.adaptation {mode!r} builds its own CardiacCLIP; use full")
-    arch = adapted_arch(arch, training)
-    seed = int(training.get("seed") or 0)  # a user split file records no seed: 0
-    spec = clip_spec(clips)
-    train_rows = split[split["role"] == "train"]
-    val_rows = split[split["role"] == "val"]
-    if train_rows.empty:
+    recipe = effective_recipe(recipe)
+    mode = adaptation(recipe.training.adaptation)
+    if not mode.any_model and model is not None:
+        raise ValueError(f"training.adaptation {mode.name!r} builds its own CardiacCLIP")
+    run = _Run(
+        store,
+        recipe,
+        mode,
+        split[split["role"] == "train"],
+        split[split["role"] == "val"],
+        work_folder(store, split, recipe, features=features),
+        on_epoch_end,
+        progress,
+        prediction_cache,
+        features,
+    )
+    if run.train_rows.empty:
         raise ValueError("split has no training videos")
+    arch = arch_of(recipe)
+    if model is None:
+        model = build_cardiac_clip(arch, seed=recipe.training.seed)
+    _set_prior(model, recipe.training.prior_correction, run)
+    stages = []
+    for stage in mode.stages:
+        folder = run.work_dir / mode.stage_folder(stage)
+        if stage == CACHED_STAGE:
+            result = _fit_cached(model, run, folder)
+        else:
+            result = _fit_clips(model, run, folder, arch, loss_fn, param_groups_fn)
+        stages.append((stage, result))
+    if isinstance(model, CardiacCLIP):
+        model.set_prior_offset(None)
+    return _checkpoint(model, run, arch, stages), stages[-1][1]
+
+
+def _set_prior(model: torch.nn.Module, prior: str, run: _Run) -> None:
+    """``training.prior_correction: val``: the TRAIN-vs-VAL EF prior offset on the logits."""
+    if prior != "val" or not isinstance(model, CardiacCLIP) or model.regressor is not None:
+        return
+    if run.val_rows.empty:
+        raise ValueError("training.prior_correction 'val' needs VAL videos in the split")
+    from cardiac_pipeline.model.features import model_prior_offset
+
+    model.set_prior_offset(
+        model_prior_offset(model, run.train_rows["EF"].to_numpy(), run.val_rows["EF"].to_numpy())
+    )
+
+
+def _fit_clips(
+    model: torch.nn.Module,
+    run: _Run,
+    folder: Path,
+    arch: Arch,
+    loss_fn: Callable[..., Any] | None,
+    param_groups_fn: Callable[..., Any] | None,
+) -> TrainResult:
+    """A stage on clips (``full``, ``lora``): ``fit`` on the split's videos."""
+    recipe, seed = run.recipe, run.recipe.training.seed
+    spec = clip_spec(recipe.clips)
     train_set = EchoClipDataset(
-        store, train_rows, spec, train=True, seed=seed, augment_pad=int(clips.get("augment_pad", 0))
+        run.store, run.train_rows, spec, train=True, seed=seed, augment_pad=recipe.clips.augment_pad
     )
     val_set = (
         EchoClipDataset(
-            store,
-            val_rows,
+            run.store,
+            run.val_rows,
             spec,
             train=False,
-            n_eval_clips=int(clips.get("val_clips", 1)),
+            n_eval_clips=recipe.clips.val_clips,
             seed=seed,
         )
-        if len(val_rows)
+        if len(run.val_rows)
         else None
     )
-    config = train_config({**training, "seed": seed, "eval_batch_size": int(eval_batch_size)})
-    work_dir = work_folder(
-        store, split, arch=arch, clips=clips, training=training, features=features
+    cache = run.prediction_cache
+    return fit(
+        model,
+        train_set,
+        val_set,
+        recipe.training.loop(eval_batch_size=recipe.evaluation.batch_size),
+        folder,
+        loss_fn=loss_fn,
+        param_groups_fn=param_groups_fn,
+        on_epoch_end=run.on_epoch_end,
+        progress=run.progress,
+        prediction_cache=cache.scoped({"arch": record(arch)}) if cache else None,
     )
-    if model is None:
-        model = build_cardiac_clip(arch, seed=seed)
-    if prior == "val" and isinstance(model, CardiacCLIP) and model.regressor is None:
-        if val_rows.empty:
-            raise ValueError("training.prior_correction 'val' needs VAL videos in the split")
-        from cardiac_pipeline.model.features import model_prior_offset
 
-        model.set_prior_offset(
-            model_prior_offset(model, train_rows["EF"].to_numpy(), val_rows["EF"].to_numpy())
-        )
-    stages = []
-    if mode != "full":
-        cached_result = _fit_cached(
-            model,
-            features,
-            train_rows,
-            val_rows,
-            spec,
-            cached_training,
-            seed=seed,
-            eval_batch_size=int(eval_batch_size),
-            n_val_clips=int(clips.get("val_clips", 1)),
-            work_dir=work_dir / "cached",
-            on_epoch_end=on_epoch_end,
-            progress=progress,
-            prediction_cache=(
-                prediction_cache.scoped({"arch": arch, "stage": "cached"})
-                if prediction_cache
-                else None
-            ),
-        )
-        stages.append(("cached", cached_result))
-    if mode != "cached":
-        result = fit(
-            model,
-            train_set,
-            val_set,
-            config,
-            work_dir / "full" if mode != "full" else work_dir,
-            loss_fn=loss_fn,
-            param_groups_fn=param_groups_fn,
-            on_epoch_end=on_epoch_end,
-            progress=progress,
-            prediction_cache=prediction_cache.scoped({"arch": arch}) if prediction_cache else None,
-        )
-        stages.append(("full", result))
+
+def _checkpoint(
+    model: torch.nn.Module, run: _Run, arch: Arch, stages: list[tuple[str, TrainResult]]
+) -> dict[str, Any]:
+    """The self-describing checkpoint of a trained model (primitives and tensors only)."""
     result = stages[-1][1]
-    if isinstance(model, CardiacCLIP):
-        model.set_prior_offset(None)
-    checkpoint = {
+    return {
         "format": CHECKPOINT_FORMAT,
         "arch": _portable_arch(arch),
-        "clips": dict(clips),
+        "clips": record(run.recipe.clips),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": {
-            "best_epoch": int(result.best_epoch),
-            "best_val_mae": float(result.best_val_mae),
+            "selected_epoch": int(result.selected_epoch),
+            "selected_val_mae": float(result.selected_val_mae),
             "epochs_run": len(result.history),
-            "n_train": len(train_rows),
-            "n_val": len(val_rows),
-            "work_dir": _portable_path(work_dir),
+            "n_train": len(run.train_rows),
+            "n_val": len(run.val_rows),
+            "work_dir": _portable_path(run.work_dir),
             "stages": {
-                stage: {"best_epoch": int(r.best_epoch), "seconds": float(_seconds(r))}
+                stage: {"selected_epoch": int(r.selected_epoch), "seconds": float(_seconds(r))}
                 for stage, r in stages
             },
         },
-        "adaptation": mode,
+        "adaptation": run.mode.name,
     }
-    return checkpoint, result
 
 
 def calibrate_interval(
     checkpoint: dict[str, Any],
     store: ClipStore,
     split: pd.DataFrame,
-    evaluation: dict[str, Any],
+    evaluation: EvaluationConfig,
     *,
     progress: bool = True,
     features: Any = None,
@@ -450,7 +449,6 @@ def calibrate_interval(
     (and nothing stored) without VAL videos.
     """
     from cardiac_pipeline.echo.kshot import calibration_rows
-    from cardiac_pipeline.echo.metrics import interval_alpha
     from cardiac_pipeline.echo.uncertainty import conformal_calibration
 
     rows = calibration_rows(split)
@@ -466,8 +464,10 @@ def calibrate_interval(
     table, _ = predict_on_table(
         store, rows, checkpoint, evaluation, progress=progress, features=features
     )
-    interval = conformal_calibration(table["EF_true"], table["EF_pred"], interval_alpha(evaluation))
-    interval["n_clips"] = evaluation.get("n_clips", 4)
+    interval = conformal_calibration(
+        table["EF_true"], table["EF_pred"], float(evaluation.interval_alpha)
+    )
+    interval["n_clips"] = evaluation.n_clips
     checkpoint["interval"] = interval
     return interval
 
@@ -477,71 +477,60 @@ def _seconds(result: TrainResult) -> float:
     return float(history["seconds"].sum()) if "seconds" in history else 0.0
 
 
-def _fit_cached(
-    model: CardiacCLIP,
-    features: Any,
-    train_rows: pd.DataFrame,
-    val_rows: pd.DataFrame,
-    spec: ClipSpec,
-    training: dict[str, Any],
-    *,
-    seed: int,
-    eval_batch_size: int,
-    n_val_clips: int,
-    work_dir: Path,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
-    progress: bool,
-    prediction_cache: PredictionCache | None,
-) -> TrainResult:
+def _fit_cached(model: CardiacCLIP, run: _Run, folder: Path) -> TrainResult:
     """The cached stage: the head trained by ``fit`` on frame features, trunk frozen."""
     from cardiac_pipeline.model.features import (
         CachedCardiacCLIP,
         FeatureClipDataset,
         cached_param_groups,
     )
+    from cardiac_pipeline.model.prediction_cache import weights_digest
 
+    features, recipe = run.features, run.recipe
     if features is None:
         raise ValueError(
             "training.adaptation uses cached features but no frame-feature store was given; "
             "run the pipeline's build_frame_features node (or use adaptation: full)"
         )
-    from cardiac_pipeline.model.prediction_cache import weights_digest
-
     if features.key.get("weights") != weights_digest(model.image_encoder.trunk):
         raise ValueError(
             f"frame-feature store {features.root.name} was built from other trunk weights "
             "than this model's (a random or another pretrained start); rebuild it for this "
             "backbone or use training.adaptation: full"
         )
-    scales = model.image_encoder.scales
-    train_set = FeatureClipDataset(features, train_rows, spec, True, scales=scales, seed=seed)
+    spec, seed, scales = clip_spec(recipe.clips), recipe.training.seed, model.image_encoder.scales
+    train_set = FeatureClipDataset(features, run.train_rows, spec, True, scales=scales, seed=seed)
     val_set = (
         FeatureClipDataset(
             features,
-            val_rows,
+            run.val_rows,
             spec,
             False,
             scales=scales,
-            n_eval_clips=n_val_clips,
+            n_eval_clips=recipe.clips.val_clips,
             seed=seed,
         )
-        if len(val_rows)
+        if len(run.val_rows)
         else None
     )
     # VAL videos per forward: features are small, and one video per pass (what EchoZoom's
     # trunk runs best at on CPU) made validation most of a cached epoch
-    batch = max(int(eval_batch_size), CACHED_EVAL_BATCH)
-    config = train_config({**training, "seed": seed, "eval_batch_size": batch})
+    batch = max(recipe.evaluation.batch_size, CACHED_EVAL_BATCH)
+    cache = run.prediction_cache
     return fit(
         CachedCardiacCLIP(model),
         train_set,
         val_set,
-        config,
-        work_dir,
+        recipe.training.cached_stage().loop(eval_batch_size=batch),
+        folder,
         param_groups_fn=cached_param_groups,
-        on_epoch_end=on_epoch_end,
-        progress=progress,
-        prediction_cache=prediction_cache,
+        on_epoch_end=run.on_epoch_end,
+        progress=run.progress,
+        prediction_cache=(
+            cache.scoped({"arch": record(arch_of(recipe)), "stage": CACHED_STAGE})
+            if cache
+            else None
+        ),
     )
 
 
@@ -552,7 +541,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
             f"not a cardiac-pipeline CardiacCLIP checkpoint (format {checkpoint.get('format')!r}, "
             f"expected {CHECKPOINT_FORMAT!r})"
         )
-    model = build_cardiac_clip(checkpoint["arch"], weights=False)
+    model = _build(checkpoint["arch"], seed=None, weights=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
@@ -569,7 +558,7 @@ def predict_on_table(
     store: ClipStore,
     table: pd.DataFrame,
     checkpoint: dict[str, Any],
-    evaluation: dict[str, Any],
+    evaluation: EvaluationConfig,
     *,
     model: torch.nn.Module | None = None,
     progress: bool = True,
@@ -584,14 +573,12 @@ def predict_on_table(
 
     Attention entries get ``frame_indices`` [N, T]: the source-video frame of every clip
     frame, so MFL weights can be drawn against the cardiac cycle. ``evaluation.batch_size``
-    videos go through one forward pass (default 1; only the speed changes). With ``cache``
-    (scoped to the architecture) the table comes from the prediction cache when these
-    weights were evaluated on these clips before; attention is then not returned (``{}``).
+    videos go through one forward pass (only the speed changes). With ``cache`` (scoped to
+    the architecture) the table comes from the prediction cache when these weights were
+    evaluated on these clips before; attention is then not returned (``{}``).
     """
-    check_keys("evaluation", evaluation, RECIPE_KEYS["evaluation"])
     spec = clip_spec(checkpoint["clips"])
-    n_clips = evaluation.get("n_clips", 4)
-    n_clips = n_clips if n_clips == "all" else int(n_clips)
+    n_clips = evaluation.n_clips
     model = model or model_from_checkpoint(checkpoint)
     dataset: Any = EchoClipDataset(store, table, spec, train=False, n_eval_clips=n_clips)
     if _features_apply(features, checkpoint, model, n_clips):
@@ -601,25 +588,19 @@ def predict_on_table(
             features, table, spec, False, scales=model.image_encoder.scales, n_eval_clips=n_clips
         )
         model = CachedCardiacCLIP(model)
-    device = resolve_device(evaluation.get("device", "auto"))
-    batch_size = int(evaluation.get("batch_size", 1))
-    if cache is not None:
-        context = {
-            "dataset": dataset.eval_identity(),
-            "device": device.type,
-            "batch_size": batch_size,
-        }
-        table = cache.get_or_compute(
-            model,
-            context,
-            lambda: predict_videos(
-                model, dataset, device=device, batch_size=batch_size, progress=progress
-            )[0],
+    device = resolve_device(evaluation.device)
+    batch_size = evaluation.batch_size
+
+    def predict() -> tuple[pd.DataFrame, dict[str, Any]]:
+        return predict_videos(
+            model, dataset, device=device, batch_size=batch_size, progress=progress
         )
-        return table, {}
-    predictions, attention = predict_videos(
-        model, dataset, device=device, batch_size=batch_size, progress=progress
-    )
+
+    if cache is not None:
+        context = {"dataset": dataset.eval_identity(), "device": device.type}
+        context["batch_size"] = batch_size
+        return cache.get_or_compute(model, context, lambda: predict()[0]), {}
+    predictions, attention = predict()
     for name, item in attention.items():
         if "frame_indices" not in item and "start" in item:
             period = effective_period(spec, store.entry(name).get("fps"))
@@ -632,12 +613,12 @@ def predict_on_table(
 
 def _features_apply(features: Any, checkpoint: dict[str, Any], model: Any, n_clips: Any) -> bool:
     """Whether ``features`` hold this cached-mode model's trunk output (else: pixels)."""
-    if features is None or checkpoint.get("adaptation") != "cached" or n_clips == "all":
+    if features is None or n_clips == "all" or not isinstance(model, CardiacCLIP):
+        return False
+    if not predicts_from_features(checkpoint.get("adaptation")):
         return False
     from cardiac_pipeline.model.prediction_cache import weights_digest
 
-    if not isinstance(model, CardiacCLIP):
-        return False
     same = features.key.get("weights") == weights_digest(model.image_encoder.trunk)
     if not same:
         logger.warning("frame features were made by another trunk; predicting from pixels")

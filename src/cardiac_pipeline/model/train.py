@@ -17,7 +17,7 @@ The pieces plugged in follow these interfaces (see ``cardiac_clip.py``, ``losses
 
 ``fit`` is a few small parts: the loader of this process's share of each epoch
 (``distributed.EpochSampler``), one training step and one epoch, validation on rank 0,
-``last.pt``/``best.pt`` and resume, early stopping. The same loop runs alone or in every
+``last.pt``/``selected.pt`` and resume, early stopping. The same loop runs alone or in every
 process of a torchrun group (DDP; see ``distributed.py``). The learning-rate schedule
 (``lr_factor``) and the device rule (``resolve_device``) are shared with pretraining.
 
@@ -55,7 +55,7 @@ from cardiac_pipeline.model.prediction_cache import PredictionCache
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cardiac_pipeline.train/1"
-BEST_CHECKPOINT_NAME = "best.pt"
+SELECTED_CHECKPOINT_NAME = "selected.pt"
 LAST_CHECKPOINT_NAME = "last.pt"
 
 # Config fields that may change when a run is resumed: they do not alter the numbers
@@ -71,6 +71,13 @@ _RESUMABLE_FIELDS = frozenset(
         "checkpoint_every",
     }
 )
+# What a run stored before a field existed ran with (history, not defaults: conf/base
+# sets every field), so that such a run resumes when conf keeps that behaviour.
+_BEFORE_FIELDS: dict[str, Any] = {
+    "select_start": False,
+    "select_epoch": "best",
+    "max_batches_per_epoch": None,
+}
 _OPTIMIZERS = ("radam", "adamw", "adam")
 _AMP_MODES = ("auto", "bf16", "off")
 _SELECT_EPOCH = ("best", "last")
@@ -80,13 +87,10 @@ ParamGroupsFn = Callable[[nn.Module, Mapping[str, float]], list[dict[str, Any]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-def _default_lrs() -> dict[str, float]:
-    return {"image_tower": 5e-5, "text_tower": 5e-5, "mfl": 5e-5, "head": 5e-5}
-
-
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run; stored in the checkpoints.
+    """Everything that decides a training run; stored in the checkpoints. No defaults:
+    conf/base's ``training`` section has every value (``config.TrainingConfig.loop``).
 
     ``schedule_epochs`` (default: ``epochs``) is the length of the cosine schedule, so a
     run can be extended or cut without changing the learning rates of the epochs done.
@@ -107,32 +111,32 @@ class TrainConfig:
     those videos best, not the best model (docs/results/epoch_selection.md).
     """
 
-    epochs: int = 100
-    batch_size: int = 2
-    grad_accum_steps: int = 1
-    lrs: dict[str, float] = field(default_factory=_default_lrs)
-    weight_decay: float = 0.0
-    optimizer: str = "radam"
-    schedule_epochs: int | None = None
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    w_ce: float = 1.0
-    w_kl: float = 1.0
-    w_l1: float = 1.0
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool | str = "auto"
-    seed: int = 0
-    num_workers: int | None = None
-    drop_last: bool = False
-    eval_batch_size: int = 1
-    eval_clip_chunk: int | None = None
-    max_grad_norm: float | None = None
-    patience: int | None = None
-    checkpoint_every: int = 1
-    max_batches_per_epoch: int | None = None
-    select_start: bool = False
-    select_epoch: str = "best"
+    epochs: int
+    batch_size: int
+    grad_accum_steps: int
+    lrs: dict[str, float]
+    weight_decay: float
+    optimizer: str
+    schedule_epochs: int | None
+    warmup_steps: int
+    min_lr_ratio: float
+    w_ce: float
+    w_kl: float
+    w_l1: float
+    device: str
+    amp: str
+    channels_last: bool | str
+    seed: int
+    num_workers: int | None
+    drop_last: bool
+    eval_batch_size: int
+    eval_clip_chunk: int | None
+    max_grad_norm: float | None
+    patience: int | None
+    checkpoint_every: int
+    max_batches_per_epoch: int | None
+    select_start: bool
+    select_epoch: str
 
     def __post_init__(self) -> None:
         positive = {
@@ -202,10 +206,10 @@ class TrainConfig:
 class TrainResult:
     """What ``fit`` hands back; ``history`` has one row per finished epoch."""
 
-    best_epoch: int
-    best_val_mae: float
+    selected_epoch: int
+    selected_val_mae: float
     history: pd.DataFrame
-    best_checkpoint: Path
+    selected_checkpoint: Path
     last_checkpoint: Path
     stopped_early: bool = False
 
@@ -343,7 +347,7 @@ def _plain(value: Any) -> Any:
 
 
 def load_model_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
-    """Load weights saved by ``fit`` (``best.pt``/``last.pt``) or a bare state dict."""
+    """Load weights saved by ``fit`` (``selected.pt``/``last.pt``) or a bare state dict."""
     path = Path(path)
     ckpt = _load_checkpoint(path)
     state = ckpt["model"] if "model" in ckpt and isinstance(ckpt["model"], dict) else ckpt
@@ -621,7 +625,7 @@ def _validate(
     return _video_mae(cache.get_or_compute(model, context, run).to_dict("records"))
 
 
-def _save_best(
+def _save_selected(
     model: nn.Module, epoch: int, val_mae: float, config: TrainConfig, path: Path
 ) -> None:
     _atomic_save(
@@ -638,16 +642,11 @@ def _save_best(
 
 def _check_resume_config(stored: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
-    # a field added after the run was stored counts as its default
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(TrainConfig)
-        if f.default is not dataclasses.MISSING
-    }
+    stored = {**_BEFORE_FIELDS, **stored}
     differ = sorted(
         k
         for k in set(stored) | set(current)
-        if k not in _RESUMABLE_FIELDS and stored.get(k, defaults.get(k)) != current.get(k)
+        if k not in _RESUMABLE_FIELDS and stored.get(k) != current.get(k)
     )
     if differ:
         detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
@@ -675,23 +674,23 @@ class _Loop:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train_loader: DataLoader
     n_batches: int
-    best_path: Path
+    selected_path: Path
     last_path: Path
     progress: bool
     net: nn.Module | None = None  # what trains: ``model``, or its DDP wrapper in a group
     val_loader: DataLoader | None = None  # rank 0's; None elsewhere and without VAL
     rows: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_mae: float = math.nan
+    selected_epoch: int = 0
+    selected_val_mae: float = math.nan
     stopped_early: bool = False
     start_epoch: int = 1
 
     def result(self) -> TrainResult:
         return TrainResult(
-            best_epoch=int(self.best_epoch),
-            best_val_mae=float(self.best_val_mae),
+            selected_epoch=int(self.selected_epoch),
+            selected_val_mae=float(self.selected_val_mae),
             history=pd.DataFrame(self.rows),
-            best_checkpoint=self.best_path,
+            selected_checkpoint=self.selected_path,
             last_checkpoint=self.last_path,
             stopped_early=bool(self.stopped_early),
         )
@@ -765,7 +764,9 @@ def _resume(loop: _Loop) -> bool:
     config = loop.config
     _check_resume_config(ckpt["config"], config, path)
     loop.rows = _history_from_dict(ckpt["history"])
-    loop.best_epoch, loop.best_val_mae = int(ckpt["best_epoch"]), float(ckpt["best_val_mae"])
+    old = "selected_epoch" not in ckpt  # written before the rename from best_epoch
+    loop.selected_epoch = int(ckpt["best_epoch" if old else "selected_epoch"])
+    loop.selected_val_mae = float(ckpt["best_val_mae" if old else "selected_val_mae"])
     loop.stopped_early = bool(ckpt["stopped_early"])
     done = int(ckpt["epoch"])
     if loop.stopped_early or done >= config.epochs:
@@ -805,9 +806,9 @@ def _score_start(loop: _Loop, cache: PredictionCache | None) -> None:
     with torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []):
         start_mae, _ = _score(loop, 0, cache)
     if math.isfinite(start_mae):
-        loop.best_epoch, loop.best_val_mae = 0, start_mae
+        loop.selected_epoch, loop.selected_val_mae = 0, start_mae
         if distributed.is_main():
-            _save_best(loop.model, 0, start_mae, loop.config, loop.best_path)
+            _save_selected(loop.model, 0, start_mae, loop.config, loop.selected_path)
             logger.info("epoch 0 (starting weights): val_mae %.3f", start_mae)
 
 
@@ -963,8 +964,8 @@ def _save_last(loop: _Loop, epoch: int) -> None:
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict(),
         "history": _history_to_dict(loop.rows),
-        "best_epoch": loop.best_epoch,
-        "best_val_mae": _plain(loop.best_val_mae),
+        "selected_epoch": loop.selected_epoch,
+        "selected_val_mae": _plain(loop.selected_val_mae),
         "stopped_early": loop.stopped_early,
         "config": loop.config.to_dict(),
         "rng": rng[0],
@@ -980,13 +981,15 @@ def _end_epoch(loop: _Loop, epoch: int, row: dict[str, float]) -> None:
     val_mae = row["val_mae"]
     candidate = loop.config.select_epoch == "best" or epoch == loop.config.epochs
     # Strictly better MAE wins; without labelled validation the latest epoch is "best".
-    better = math.isnan(val_mae) or math.isnan(loop.best_val_mae) or val_mae < loop.best_val_mae
+    better = (
+        math.isnan(val_mae) or math.isnan(loop.selected_val_mae) or val_mae < loop.selected_val_mae
+    )
     if candidate and better:
-        loop.best_epoch, loop.best_val_mae = epoch, val_mae
+        loop.selected_epoch, loop.selected_val_mae = epoch, val_mae
         if distributed.is_main():
-            _save_best(loop.model, epoch, val_mae, loop.config, loop.best_path)
+            _save_selected(loop.model, epoch, val_mae, loop.config, loop.selected_path)
     patience = loop.config.patience
-    if patience is not None and epoch - loop.best_epoch >= patience:
+    if patience is not None and epoch - loop.selected_epoch >= patience:
         loop.stopped_early = True
     if (
         loop.stopped_early
@@ -1010,9 +1013,19 @@ def _run_epoch(loop: _Loop, epoch: int, dataset: Dataset) -> dict[str, float]:
 def _finish(loop: _Loop) -> TrainResult:
     """The best weights into the caller's model (eval mode), once rank 0 has written them."""
     distributed.barrier()
-    load_model_weights(loop.model, loop.best_path)
+    load_model_weights(loop.model, loop.selected_path)
     loop.model.eval()
     return loop.result()
+
+
+def _selected_path(folder: Path) -> Path:
+    """``selected.pt``, or ``best.pt`` of a run written before the rename."""
+    old = folder / "best.pt"
+    return (
+        old
+        if old.is_file() and not (folder / SELECTED_CHECKPOINT_NAME).exists()
+        else (folder / SELECTED_CHECKPOINT_NAME)
+    )
 
 
 def fit(
@@ -1028,7 +1041,7 @@ def fit(
     progress: bool = True,
     prediction_cache: PredictionCache | None = None,
 ) -> TrainResult:
-    """Train, validate each epoch on video-level MAE, keep ``best.pt`` and ``last.pt``.
+    """Train, validate each epoch on video-level MAE, keep ``selected.pt`` and ``last.pt``.
 
     Called again on the same ``checkpoint_dir`` it resumes after the last saved epoch
     (bit-identical to an uninterrupted run on the same hardware); a finished run returns
@@ -1065,7 +1078,7 @@ def fit(
         ),
         train_loader=train_loader,
         n_batches=n_batches,
-        best_path=ckpt_dir / BEST_CHECKPOINT_NAME,
+        selected_path=_selected_path(ckpt_dir),
         last_path=ckpt_dir / LAST_CHECKPOINT_NAME,
         progress=progress,
     )
@@ -1085,7 +1098,7 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(row))
         if loop.stopped_early:
-            logger.info("early stop at epoch %d (best %d)", epoch, loop.best_epoch)
+            logger.info("early stop at epoch %d (best %d)", epoch, loop.selected_epoch)
             break
     return _finish(loop)
 

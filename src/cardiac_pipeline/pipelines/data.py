@@ -14,25 +14,21 @@ from typing import Any
 
 from kedro.pipeline import Pipeline
 
+from cardiac_pipeline.config import section
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.recipe import PRETRAIN_CHECKPOINT
 
 
 def uses_synthetic_target(parameters: dict[str, Any]) -> bool:
     """``echonet_root`` is the embedded synthetic dataset's folder."""
-    root = parameters.get("echonet_root")
-    synthetic_root = (parameters.get("synthetic") or {}).get("root")
-    return bool(root and synthetic_root) and (
-        Path(str(root)).expanduser().resolve() == Path(str(synthetic_root)).expanduser().resolve()
-    )
+    root = Path(str(parameters["echonet_root"])).expanduser().resolve()
+    return root == Path(section("synthetic", parameters["synthetic"]).root).expanduser().resolve()
 
 
-def starts_from_pretraining(backbone: dict[str, Any] | None) -> bool:
+def starts_from_pretraining(backbone: Any) -> bool:
     """The backbone section asks for the pretrain pipeline's checkpoint."""
-    backbone = backbone or {}
-    return str(backbone.get("pretrained")) == PRETRAIN_CHECKPOINT and not brings_own_weights(
-        backbone.get("name")
-    )
+    backbone = section("backbone", backbone)
+    return str(backbone.pretrained) == PRETRAIN_CHECKPOINT and not brings_own_weights(backbone.name)
 
 
 def data_pipeline(parameters: dict[str, Any], *, pretraining: bool) -> Pipeline:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cardiac_pipeline.config import BenchmarkConfig, BenchmarkVariantConfig, build_section, keys_of
+from cardiac_pipeline.config import BenchmarkVariantConfig, Recipe, recipe_of, section
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.kshot import EVALUATED_ROLES, k_shot_split
@@ -24,15 +24,13 @@ from cardiac_pipeline.echo.metrics import (
     ef_metrics,
     format_ci_table,
     format_paired_differences,
-    interval_alpha,
     paired_differences,
     split_baselines,
     split_reference_methods,
     summarise_with_ci,
 )
 from cardiac_pipeline.echo.uncertainty import coverage_key
-from cardiac_pipeline.model.benchmark import check_methods, layered_recipe, run_method
-from cardiac_pipeline.params import check_keys
+from cardiac_pipeline.model.benchmark import benchmark_recipe, run_method, variant_grid
 from cardiac_pipeline.pipelines.workers import share_cores
 from cardiac_pipeline.tracking import child_run, flatten_params, log_metrics
 
@@ -41,33 +39,23 @@ logger = logging.getLogger(__name__)
 METRICS = ["mae", "rmse", "r2", "auroc_ef_lt_50"]
 
 
-BENCHMARK_KEYS = keys_of(BenchmarkConfig)
-GRID_KEYS = keys_of(BenchmarkVariantConfig)
+def _variant(benchmark: Any) -> tuple[str, BenchmarkVariantConfig]:
+    """The chosen variant's name and grid (``benchmark.variant``: full, quick, ...)."""
+    return variant_grid(section("benchmark", benchmark))
 
 
-def _variant(benchmark: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The chosen variant's name and grid (``benchmark.variant``: full or quick)."""
-    check_keys("benchmark", benchmark, BENCHMARK_KEYS)
-    name = benchmark.get("variant", "full")
-    if name not in benchmark["variants"]:
-        raise ValueError(f"benchmark.variant {name!r} not in {sorted(benchmark['variants'])}")
-    grid = benchmark["variants"][name]
-    check_keys(f"benchmark.variants.{name}", grid, GRID_KEYS)
-    return name, grid
-
-
-def split_names(benchmark: dict[str, Any]) -> list[str]:
+def split_names(benchmark: Any) -> list[str]:
     """``k<k>_seed<seed>`` of every split of the chosen variant."""
     _, grid = _variant(benchmark)
-    return [f"k{k}_seed{seed}" for k in grid["shots"] for seed in grid["seeds"]]
+    return [f"k{k}_seed{seed}" for k in grid.shots for seed in grid.seeds]
 
 
-def variant_methods(benchmark: dict[str, Any]) -> list[str]:
+def variant_methods(benchmark: Any) -> list[str]:
     """The methods the chosen variant runs, in its order."""
-    return list(_variant(benchmark)[1]["methods"])
+    return list(_variant(benchmark)[1].methods)
 
 
-def _check_built(benchmark: dict[str, Any], splits: list[str], methods: list[str]) -> None:
+def _check_built(benchmark: Any, splits: list[str], methods: list[str]) -> None:
     """Fail when the run's parameters ask for other splits or methods than the pipeline holds."""
     wanted = (split_names(benchmark), variant_methods(benchmark))
     if (sorted(wanted[0]), sorted(wanted[1])) != (sorted(splits), sorted(methods)):
@@ -89,8 +77,7 @@ def make_benchmark_split(
 ) -> pd.DataFrame:
     """The k-shot split of one (k, seed), shared by every method."""
     _check_built(benchmark, splits, methods)
-    name, grid = _variant(benchmark)
-    variant = build_section(BenchmarkVariantConfig, grid, f"benchmark.variants.{name}")
+    _, variant = _variant(benchmark)
     return k_shot_split(
         video_index,
         k=int(k),
@@ -101,21 +88,10 @@ def make_benchmark_split(
     )
 
 
-def base_recipe(benchmark: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+def base_recipe(benchmark: Any, **sections: Any) -> Recipe:
     """The fewshot recipe (``sections``: backbone, cardiac_clip, clips, training,
-    evaluation), with ``benchmark.recipe`` over it (CPU-sized clips and epochs for a grid
-    of many runs) and the variant's own ``recipe`` over that (the quick variant's shorter
-    adaptation): the base every method's own overrides start from."""
-    variant, grid = _variant(benchmark)
-    base = layered_recipe(
-        sections,
-        [
-            ("benchmark.recipe", benchmark.get("recipe")),
-            (f"benchmark.variants.{variant}.recipe", grid.get("recipe")),
-        ],
-    )
-    check_methods(benchmark["methods"], list(grid["methods"]), base)
-    return base
+    evaluation) with the benchmark's layers over it (``model.benchmark.benchmark_recipe``)."""
+    return benchmark_recipe(recipe_of(**sections), section("benchmark", benchmark))
 
 
 PREDICTION_COLUMNS = ["method", "k", "seed", "FileName", "role", "EF_true", "EF_pred"]
@@ -171,8 +147,9 @@ def run_benchmark_method(
         training=training,
         evaluation=evaluation,
     )
+    benchmark = section("benchmark", benchmark)
     k, seed = int(benchmark_split["k"].iloc[0]), int(benchmark_split["seed"].iloc[0])
-    settings = benchmark["methods"][method]
+    settings = benchmark.methods[method]
     tags = {"method": method, "k": k, "seed": seed, "pipeline": "benchmark"}
     with child_run(f"{method}-k{k}_seed{seed}", tags) as run_id:
         started = time.perf_counter()
@@ -183,13 +160,15 @@ def run_benchmark_method(
             benchmark_split,
             base=base,
             pretrained_backbone=pretrained_backbone,
-            cache_dir=benchmark["work_dir"],
+            cache_dir=benchmark.work_dir,
             features=frame_features,
         )
         if run_id:
             import mlflow
 
-            mlflow.log_params(flatten_params({"method": settings, "k": k, "seed": seed}))
+            logged = {"method": {"kind": settings.kind, "pretrained": settings.pretrained}}
+            logged["method"].update(settings.overrides)
+            mlflow.log_params(flatten_params({**logged, "k": k, "seed": seed}))
         row = _metrics_row(method, k, seed, predictions, time.perf_counter() - started)
     logger.info(
         "%s k%s_seed%s: MAE %.2f (%.0f s)",
@@ -226,17 +205,18 @@ def predict_zero_shot(
         training=training,
         evaluation=evaluation,
     )
+    benchmark = section("benchmark", benchmark)
     rows = video_index[video_index["Split"].isin(["VAL", "TEST"])]
     rows = rows.assign(role=rows["Split"].str.lower())
     started = time.perf_counter()
     predictions = run_method(
         method,
-        benchmark["methods"][method],
+        benchmark.methods[method],
         clip_store,
         rows,
         base=base,
         pretrained_backbone=pretrained_backbone,
-        cache_dir=benchmark["work_dir"],
+        cache_dir=benchmark.work_dir,
     )
     return predictions.assign(seconds=time.perf_counter() - started)
 
@@ -321,7 +301,8 @@ def summarise_benchmark(
     bootstrap CIs of the differences (per seed and pooled over seeds). Returns the summary
     CSV and markdown, the MAE-versus-k plot, and the paired differences CSV and markdown.
     """
-    alpha = interval_alpha(evaluation)
+    benchmark, evaluation = section("benchmark", benchmark), section("evaluation", evaluation)
+    alpha = evaluation.interval_alpha
     coverage = coverage_key(alpha)
     bootstrap = bootstrap_settings(evaluation)
     tested = conformal_by_model(benchmark_predictions, alpha)
@@ -340,7 +321,7 @@ def summarise_benchmark(
     present = set(summary["method"])
     comparisons = [
         pair
-        for pair in benchmark.get("comparisons") or []
+        for pair in benchmark.comparisons
         if all(side.partition("@")[0] in present for side in pair)
     ]
     paired = paired_differences(tested, comparisons, **bootstrap)

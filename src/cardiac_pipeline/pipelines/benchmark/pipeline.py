@@ -16,7 +16,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from cardiac_pipeline.model.benchmark import method_kind
+from cardiac_pipeline.config import section
 from cardiac_pipeline.pipelines.data import data_pipeline
 from cardiac_pipeline.pipelines.fewshot.nodes import build_frame_features
 from cardiac_pipeline.pipelines.grid import bound, frame_features_node, split_node
@@ -34,7 +34,6 @@ from .nodes import (
 )
 
 NAMESPACE = "benchmark"
-PRETRAINED_KINDS = ("zero_shot", "linear_probe")  # as model.benchmark.run_method
 RECIPE = [f"params:{s}" for s in ("backbone", "cardiac_clip", "clips", "training", "evaluation")]
 
 
@@ -148,14 +147,14 @@ def summary_nodes(splits: list[str], methods: list[str]) -> list[Node]:
 
 def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     """The pipeline of the benchmark variant in ``parameters`` (the run's, from the registry)."""
-    benchmark = parameters["benchmark"]
+    benchmark = section("benchmark", parameters["benchmark"])
     splits, methods = split_names(benchmark), variant_methods(benchmark)
-    kinds = {m: method_kind(m, benchmark["methods"].get(m) or {}) for m in methods}
-    # zero-shot, the linear probe and pretrained CardiacCLIP start from the pretrain checkpoint
-    pretraining = any(
-        (benchmark["methods"].get(m) or {}).get("pretrained", kinds[m] in PRETRAINED_KINDS)
-        for m in methods
-    )
+    missing = [m for m in methods if m not in benchmark.methods]
+    if missing:
+        raise ValueError(f"benchmark methods {missing} are not defined in benchmark.methods")
+    kinds = {m: benchmark.methods[m].kind for m in methods}
+    # methods with pretrained: true start from the pretrain checkpoint
+    pretraining = any(benchmark.methods[m].pretrained for m in methods)
     backbone = ["pretrained_backbone"] if pretraining else []
     shared = Pipeline(
         [

@@ -9,6 +9,7 @@ MLflow run), evaluation reopens it for test metrics, plots, predictions and the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cardiac_pipeline.config import FewshotConfig, build_section, keys_of
+from cardiac_pipeline.config import Recipe, recipe_of, record, section
 from cardiac_pipeline.echo import plots
 from cardiac_pipeline.echo.attention import ATTENTION_KEYS, attention_summary
 from cardiac_pipeline.echo.clipstore import ClipStore
@@ -33,7 +34,6 @@ from cardiac_pipeline.echo.metrics import (
     ci_table_preamble,
     ef_metrics,
     format_ci_table,
-    interval_alpha,
     split_baselines,
     split_reference_methods,
     summarise_with_ci,
@@ -41,8 +41,8 @@ from cardiac_pipeline.echo.metrics import (
 from cardiac_pipeline.echo.uncertainty import coverage_key, prediction_interval
 from cardiac_pipeline.io import LOCK_FILE, build_lock
 from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.adaptation import adaptation
 from cardiac_pipeline.model.benchmark import zero_shot_predictions
-from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.workers import share_cores
 from cardiac_pipeline.tracking import (
     child_run,
@@ -57,7 +57,6 @@ from cardiac_pipeline.tracking import (
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40"]
-FEWSHOT_KEYS = keys_of(FewshotConfig)
 
 
 USER_SPLIT = "user_split"  # the model trained on ``fewshot.split_file``
@@ -67,15 +66,15 @@ def split_name(k: int, seed: int) -> str:
     return f"k{k}_seed{seed}"
 
 
-def model_names(fewshot: dict[str, Any]) -> list[str]:
+def model_names(fewshot: Any) -> list[str]:
     """The models a fewshot run trains: one per (k, seed), or one on the user's split file."""
-    check_keys("fewshot", fewshot, FEWSHOT_KEYS)
-    if fewshot.get("split_file"):
+    fewshot = section("fewshot", fewshot)
+    if fewshot.split_file:
         return [USER_SPLIT]
-    return [split_name(int(k), int(seed)) for k in fewshot["shots"] for seed in fewshot["seeds"]]
+    return [split_name(int(k), int(seed)) for k in fewshot.shots for seed in fewshot.seeds]
 
 
-def check_grid(fewshot: dict[str, Any], built: list[str]) -> None:
+def check_grid(fewshot: Any, built: list[str]) -> None:
     """Fail when the parameters at run time ask for other models than the pipeline holds.
 
     The pipeline is built from the project's configuration (conf/ and ``--config`` run
@@ -96,7 +95,7 @@ def make_k_shot_split(
 ) -> pd.DataFrame:
     """The k-shot split of one (k, seed): k TRAIN videos per EF level, the fixed VAL and TEST."""
     check_grid(fewshot, built)
-    grid = build_section(FewshotConfig, fewshot, "fewshot")
+    grid = section("fewshot", fewshot)
     split = k_shot_split(
         video_index,
         k=int(k),
@@ -114,7 +113,7 @@ def read_user_split(
 ) -> pd.DataFrame:
     """The user's split file (``fewshot.split_file``) as the one split of the run."""
     check_grid(fewshot, built)
-    return read_split_file(fewshot["split_file"], video_index)
+    return read_split_file(section("fewshot", fewshot).split_file, video_index)
 
 
 def model_name(split: pd.DataFrame) -> str:
@@ -153,20 +152,24 @@ def build_frame_features(
 
     share_cores()
     pretrained_backbone, splits = (inputs[0], inputs[1:]) if with_checkpoint else (None, inputs)
-    mode, cached_stage, _ = recipe.adaptation_settings(training)
-    if mode == "full":
+    training = section("training", training)
+    if not adaptation(training.adaptation).needs_frame_features:
         return {}
     backbone = recipe.with_pretrained(
-        backbone, str(pretrained_backbone) if pretrained_backbone else None
+        section("backbone", backbone), str(pretrained_backbone) if pretrained_backbone else None
     )
-    if not recipe.starts_pretrained({"backbone": backbone}):
-        return {}  # a random start trains the whole network (recipe: adaptation full)
-    model = recipe.build_cardiac_clip({"backbone": backbone, "cardiac_clip": cardiac_clip}, seed=0)
-    spec = recipe.clip_spec(clips)
+    if not recipe.starts_pretrained(backbone):
+        return {}  # a random start trains the whole network (recipe.effective_recipe)
+    arch = recipe.Arch(
+        backbone=backbone, cardiac_clip=section("cardiac_clip", cardiac_clip), adapters=None
+    )
+    model = recipe.build_cardiac_clip(arch, seed=0)
+    spec = recipe.clip_spec(section("clips", clips))
     names = sorted({str(n) for split in splits for n in split["FileName"]})
-    device = resolve_device(cached_stage.get("device", "auto"))
-    precision = feature_precision(str(cached_stage.get("amp", "auto")), device)
-    key = feature_store_key(model, clip_store, spec, backbone["name"], precision)
+    cached_stage = training.cached_stage()
+    device = resolve_device(cached_stage.device)
+    precision = feature_precision(cached_stage.amp, device)
+    key = feature_store_key(model, clip_store, spec, backbone.name, precision)
     root = Path(frame_features_folder) / key_digest(key)
     build_feature_store(model, clip_store, root, names, spec, key=key, device=device)
     return FeatureStore(root)
@@ -192,51 +195,37 @@ def train_fewshot_model(
     VAL is scored with ``evaluation.batch_size`` videos per forward pass, like TEST.
     """
     share_cores()
-    recipe.check_recipe(
-        {
-            "backbone": backbone,
-            "cardiac_clip": cardiac_clip,
-            "clips": clips,
-            "training": training,
-            "evaluation": evaluation,
-        }
+    typed = recipe_of(
+        backbone=backbone,
+        cardiac_clip=cardiac_clip,
+        clips=clips,
+        training=training,
+        evaluation=evaluation,
     )
-    backbone = recipe.with_pretrained(
-        backbone, str(pretrained_backbone) if pretrained_backbone else None
-    )
-    arch = {"backbone": backbone, "cardiac_clip": cardiac_clip}
     name = model_name(k_shot_split)
     k, seed = recipe.split_k_seed(k_shot_split)
-    tags = {"k": k, "seed": seed, "method": cardiac_clip.get("method", "cardiac_clip")}
-    run_training = {**training, "seed": seed}
-    work_dir = recipe.work_folder(
-        clip_store,
-        k_shot_split,
-        arch=arch,
-        clips=clips,
-        training=run_training,
-        features=frame_features,
-    )
+    typed = _run_recipe(typed, pretrained_backbone, seed)
+    tags = {"k": k, "seed": seed, "method": typed.cardiac_clip.method}
+    work_dir = recipe.work_folder(clip_store, k_shot_split, typed, features=frame_features)
     # one training per work folder: a run meeting another one training it waits, resumes
     with (
         build_lock(work_dir / LOCK_FILE, f"training {name}"),
         model_run(work_dir, name, tags) as run_id,
     ):
         if run_id:
-            log_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
+            arch = {"backbone": record(typed.backbone), "cardiac_clip": record(typed.cardiac_clip)}
+            logged = {"clips": record(typed.clips), "training": training, "k": k, "seed": seed}
+            log_params({**arch, **logged})
             mlflow.log_metric("n_train", int((k_shot_split["role"] == "train").sum()))
         checkpoint, result = recipe.train_on_split(
             clip_store,
             k_shot_split,
-            arch=arch,
-            clips=clips,
-            training=run_training,
-            eval_batch_size=int(evaluation.get("batch_size", 1)),
+            typed,
             on_epoch_end=lambda epoch, metrics: log_metrics(metrics, step=epoch),
             features=frame_features,
         )
         recipe.calibrate_interval(
-            checkpoint, clip_store, k_shot_split, evaluation, features=frame_features
+            checkpoint, clip_store, k_shot_split, typed.evaluation, features=frame_features
         )
         checkpoint["meta"]["mlflow_run_id"] = run_id
         checkpoint["meta"]["split"] = name
@@ -245,6 +234,16 @@ def train_fewshot_model(
             _log_figure(plots.training_curves(result.history), "plots/training_curves.png")
             _log_table(result.history, "training_history.csv")
     return checkpoint
+
+
+def _run_recipe(typed: Recipe, pretrained_backbone: Path | None, seed: int | None) -> Recipe:
+    """The recipe of one model: the pretrain checkpoint resolved, the split's seed (a user
+    split file records none: 0)."""
+    backbone = recipe.with_pretrained(
+        typed.backbone, str(pretrained_backbone) if pretrained_backbone else None
+    )
+    training = dataclasses.replace(typed.training, seed=seed or 0)
+    return dataclasses.replace(typed, backbone=backbone, training=training)
 
 
 def predict_zero_shot_reference(
@@ -260,17 +259,13 @@ def predict_zero_shot_reference(
     that starts from random weights (no CLIP to ask)."""
     share_cores()
     backbone = recipe.with_pretrained(
-        backbone, str(pretrained_backbone) if pretrained_backbone else None
+        section("backbone", backbone), str(pretrained_backbone) if pretrained_backbone else None
     )
-    if not recipe.starts_pretrained({"backbone": backbone}):
+    if not recipe.starts_pretrained(backbone):
         return pd.DataFrame(columns=["FileName", "EF_true", "EF_pred"])
-    settings = {
-        "backbone": backbone,
-        "clips": clips,
-        "evaluation": {"n_clips": evaluation.get("n_clips", 2)},
-    }
     test = k_shot_split[k_shot_split["role"] == "test"]
-    return zero_shot_predictions(clip_store, test, settings)
+    n_clips = section("evaluation", evaluation).n_clips
+    return zero_shot_predictions(clip_store, test, backbone, section("clips", clips), n_clips)
 
 
 def evaluate_fewshot_model(
@@ -292,7 +287,8 @@ def evaluate_fewshot_model(
     and the TEST coverage of the interval.
     """
     share_cores()
-    alpha = interval_alpha(evaluation)
+    evaluation = section("evaluation", evaluation)
+    alpha = evaluation.interval_alpha
     coverage = coverage_key(alpha)
     bootstrap = bootstrap_settings(evaluation)
     name = model_name(k_shot_split)
@@ -304,7 +300,7 @@ def evaluate_fewshot_model(
     table = _with_interval(table, fewshot_model.get("interval"))
     metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, coverage, table["covered"])
     baselines = split_baselines(k_shot_split, table["EF_true"])
-    method = fewshot_model["arch"]["cardiac_clip"].get("method", "cardiac_clip")
+    method = fewshot_model["arch"]["cardiac_clip"]["method"]
     metrics.update(_attention_metrics(attention, video_index))
     rows = [{"split": name, "method": method, "k": k, "seed": seed, **metrics}]
     references = {b: np.full(len(table), v["constant"]) for b, v in baselines.items()}
@@ -411,7 +407,8 @@ def summarise_fewshot(
     the same videos; the references (constants, zero-shot) that do not change with the
     seed count once. Returns a CSV, a markdown table and the MAE-versus-k plot.
     """
-    alpha = interval_alpha(evaluation)
+    evaluation = section("evaluation", evaluation)
+    alpha = evaluation.interval_alpha
     coverage = coverage_key(alpha)
     bootstrap = bootstrap_settings(evaluation)
     by_split = {name: table for name, table in fewshot_test_predictions.groupby("split")}
@@ -472,7 +469,7 @@ def _evaluation_figures(
     table: pd.DataFrame,
     attention: dict[str, dict[str, Any]],
     video_index: pd.DataFrame,
-    evaluation: dict[str, Any],
+    evaluation: Any,
 ) -> dict[str, Figure]:
     from cardiac_pipeline.echo.metrics import mae_by_range
 
@@ -486,7 +483,7 @@ def _evaluation_figures(
             mae_by_range(y_true, y_pred), title=f"{name}: error by LVEF range"
         ),
     }
-    n_videos = int(evaluation.get("attention_plot_videos", 4))
+    n_videos = evaluation.attention_plot_videos
     if n_videos and attention:
         chosen = _attention_examples(table, n_videos)
         meta = video_index.set_index("FileName")

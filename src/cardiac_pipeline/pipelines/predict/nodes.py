@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from cardiac_pipeline.config import PredictConfig, build_section
+from cardiac_pipeline.config import record, section
 from cardiac_pipeline.model.predict import (
     default_checkpoint,
     interval_level,
@@ -42,23 +42,25 @@ def predict_input_folder(
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Predictions, unreadable files, and per-video details (attention, frames, model)."""
-    check_predict_inputs(build_section(PredictConfig, predict, "predict"))
-    if predict.get("model"):
-        model, why = predict["model"], "given as predict.model"
+    predict = section("predict", predict)
+    check_predict_inputs(predict)
+    if predict.model:
+        model, why = predict.model, "given as predict.model"
     else:
-        model, why = default_checkpoint(predict["models_dir"])
+        model, why = default_checkpoint(predict.models_dir)
     checkpoint, source = resolve_checkpoint(model)
     logger.info("predict: model %s (%s)", source, why)
-    n_clips = predict.get("n_clips", 2)
+    # quality.min_frames null: one clip's span (predict_folder's rule)
+    quality = {k: v for k, v in record(predict.quality).items() if v is not None}
     started = time.perf_counter()
     predictions, failures, attention = predict_folder(
-        predict["input_dir"],
+        predict.input_dir,
         checkpoint,
-        n_clips=n_clips if n_clips == "all" else int(n_clips),
-        device=predict.get("device", "auto"),
-        size=int(predict.get("size", 112)),
-        load_batch=int(predict.get("load_batch", 8)),
-        quality=predict.get("quality") or None,
+        n_clips=predict.n_clips,
+        device=predict.device,
+        size=predict.size,
+        load_batch=predict.load_batch,
+        quality=quality,
     )
     elapsed = time.perf_counter() - started
     metrics = {
@@ -125,7 +127,7 @@ def _report(
         predictions,
         failures,
         details["videos"],
-        title=str(predict.get("report_title", "LVEF predictions")),
+        title=section("predict", predict).report_title,
         model_source=details["model_source"],
         interval_level=details.get("interval_level"),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from cardiac_pipeline.config import section
 from cardiac_pipeline.echo.clipstore import ClipStore, build_clip_store, store_key
 
 STORE_OPTIONS = ("fit", "grey_tolerance")
@@ -24,10 +25,9 @@ def decode_clip_store(
     that match their source video are kept, so a rerun (or a resumed interrupted one)
     decodes only what is missing or changed.
     """
-    options = {k: v for k, v in preprocessing.items() if k in STORE_OPTIONS}
-    size = int(preprocessing["size"])
+    preprocessing = section("preprocessing", preprocessing)
+    options = {k: getattr(preprocessing, k) for k in STORE_OPTIONS}
+    size = preprocessing.size
     root = Path(clip_store_folder) / store_key(echonet_root, {"size": size, **options})
-    build_clip_store(
-        video_index, root, size=size, workers=int(preprocessing.get("workers", 1)), **options
-    )
+    build_clip_store(video_index, root, size=size, workers=preprocessing.workers, **options)
     return ClipStore(root)

@@ -10,12 +10,11 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from cardiac_pipeline.config import PretrainConfig, keys_of
+from cardiac_pipeline.config import record, section
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.echo.synthetic import GENERATOR_VERSION
 from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.pretrain import read_checkpoint_meta
-from cardiac_pipeline.params import check_keys
 from cardiac_pipeline.pipelines.pretrain.datasets import PretrainedCheckpoints
 from cardiac_pipeline.pipelines.synthetic.nodes import generate_synthetic_folder
 from cardiac_pipeline.tracking import flatten_params, log_metrics
@@ -43,7 +42,8 @@ NEUTRAL_DEFAULTS = {"warmup_epochs": 0.0, "lr_schedule": "constant"}
 def generate_pretrain_corpus(pretrain: dict[str, Any]) -> Path:
     """The source-site corpus of video-report pairs at ``pretrain.corpus_root`` (generated
     once; regenerated when ``pretrain.corpus`` or the generator changes)."""
-    return generate_synthetic_folder(pretrain["corpus_root"], dict(pretrain["corpus"]))
+    pretrain = section("pretrain", pretrain)
+    return generate_synthetic_folder(pretrain.corpus_root, record(pretrain.corpus))
 
 
 def open_pretrain_corpus(pretrain_raw: Path) -> tuple[ClipStore, pd.DataFrame]:
@@ -102,12 +102,12 @@ def pretraining_config(
     pretrain: dict[str, Any], preprocessing: dict[str, Any], pairs: int
 ) -> dict[str, Any]:
     """What identifies a pretrained checkpoint (its ``meta.config``; hashed with the arch)."""
-    check_keys("pretrain", pretrain, keys_of(PretrainConfig))
-    training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
+    pretrain = section("pretrain", pretrain)
+    training = {key: getattr(pretrain, key) for key in TRAINING_KEYS}
     return {
         "generator_version": GENERATOR_VERSION,
-        "corpus": pretrain["corpus"],
-        "size": int(preprocessing["size"]),
+        "corpus": record(pretrain.corpus),
+        "size": section("preprocessing", preprocessing).size,
         "pairs": pairs,
         **{k: v for k, v in training.items() if NEUTRAL_DEFAULTS.get(k, object()) != v},
     }
@@ -131,7 +131,8 @@ def pretrain_backbone(
 
     table = pretraining_pairs(pretrain_video_index, pretrain_raw)
     config = pretraining_config(pretrain, preprocessing, len(table))
-    arch = str(pretrain["arch"])
+    pretrain = section("pretrain", pretrain)
+    arch = pretrain.arch
     wanted = config_hash({"arch": arch, **config})
     if wanted in pretrained_backbones:
         logger.info("Pretrained backbone for this config found (%s); not pretraining", wanted)
@@ -153,14 +154,9 @@ def _pretrain(
     pretrain_clip_store: ClipStore,
 ) -> dict[str, Any]:
     logger.info("Pretraining %s on %d video-report pairs", arch, len(table))
-    training = {key: pretrain[key] for key in TRAINING_KEYS if key in pretrain}
+    training = {key: getattr(pretrain, key) for key in TRAINING_KEYS}
     model, history = _run_pretraining(
-        arch,
-        pretrain_clip_store,
-        table,
-        training,
-        str(pretrain.get("device", "auto")),
-        bool(pretrain.get("progress", True)),
+        arch, pretrain_clip_store, table, training, pretrain.device, pretrain.progress
     )
     checkpoint = {
         "arch": arch,

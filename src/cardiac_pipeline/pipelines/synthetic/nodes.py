@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cardiac_pipeline.config import record, section
 from cardiac_pipeline.echo import synthetic
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,12 @@ def generate_synthetic_echonet(echonet_root: str, synthetic_params: dict[str, An
     When ``echonet_root`` points elsewhere (the user's own dataset) nothing is generated,
     so ``kedro run --pipeline synthetic --params=echonet_root=...`` never writes anything.
     """
-    root = Path(synthetic_params["root"])
+    typed = section("synthetic", synthetic_params)
+    root = Path(typed.root)
     if Path(echonet_root).expanduser().resolve() != root.expanduser().resolve():
         logger.info("echonet_root is not the synthetic folder; generating nothing")
         return root
-    return generate_synthetic_folder(root, dict(synthetic_params["generate"]))
+    # site_overrides null is the generator's own site: left out, so that the stamp of a
+    # dataset made before conf spelt the key out still matches
+    params = {k: v for k, v in record(typed.generate).items() if v is not None}
+    return generate_synthetic_folder(root, params)
