@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from cardiac_pipeline.config import BenchmarkMethodConfig
 from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model import benchmark, recipe
@@ -36,7 +37,7 @@ from cardiac_pipeline.nn.encoders import (
     list_encoders,
     register_encoder,
 )
-from tests.conftest import synthetic_clip_store
+from tests.conftest import base_recipe, synthetic_clip_store
 
 NAME = "tiny-clip-test"
 CLIP_FRAMES = 2
@@ -90,14 +91,23 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClipStore, pd.DataFr
     return store, index[["FileName", "EF"]], weights
 
 
-def _arch(weights: Path, **cardiac_clip: object) -> dict:
-    return {
-        "backbone": {"name": NAME, "pretrained": str(weights)},
-        "cardiac_clip": {"scales": [1], "prompt_set": "values", **cardiac_clip},
-    }
+def _recipe(
+    weights: Path | None, *, name: str = NAME, training: dict | None = None, **cardiac_clip
+):
+    return base_recipe(
+        backbone={"name": name, "pretrained": str(weights) if weights else None},
+        cardiac_clip={"scales": [1], "prompt_set": "values", **cardiac_clip},
+        clips=CLIPS,
+        training=training or {},
+        evaluation={"n_clips": 1},
+    )
 
 
-def _features(site, tmp_path: Path, arch: dict) -> FeatureStore:
+def _arch(weights: Path, **cardiac_clip: object) -> recipe.Arch:
+    return recipe.arch_of(_recipe(weights, **cardiac_clip))
+
+
+def _features(site, tmp_path: Path, arch: recipe.Arch) -> FeatureStore:
     store, table, _ = site
     model = recipe.build_cardiac_clip(arch, seed=0)
     spec = recipe.clip_spec(CLIPS)
@@ -147,25 +157,25 @@ def test_clip_embeddings_are_cached_per_backbone_clip(site, tmp_path: Path) -> N
 @pytest.mark.parametrize("head", ["prompt", "linear"])
 def test_cached_adaptation_runs_through_to_predictions(site, tmp_path: Path, head: str) -> None:
     store, table, weights = site
-    arch = _arch(weights, head=head)
-    features = _features(site, tmp_path, recipe.adapted_arch(arch, {"adaptation": "cached"}))
-    split = table.assign(role=["train"] * 6 + ["val"] * (len(table) - 6), k=1, seed=0)
     training = {
         "adaptation": "cached",
         "prior_correction": "none",
         "cached": {"epochs": 3, "batch_size": 3, "lrs": {"mfl": 1e-2, "head": 1e-2}},
         "work_dir": str(tmp_path / "runs"),
     }
+    typed = _recipe(weights, training=training, head=head)
+    features = _features(site, tmp_path, recipe.arch_of(typed))
+    split = table.assign(role=["train"] * 6 + ["val"] * (len(table) - 6), k=1, seed=0)
     checkpoint, result = recipe.train_on_split(
-        store, split, arch=arch, clips=CLIPS, training=training, features=features, progress=False
+        store, split, typed, features=features, progress=False
     )
     assert checkpoint["adaptation"] == "cached" and len(result.history) == 3
     val = split[split["role"] == "val"]
     from_features, _ = recipe.predict_on_table(
-        store, val, checkpoint, {"n_clips": 1}, features=features, progress=False
+        store, val, checkpoint, typed.evaluation, features=features, progress=False
     )
     from_pixels, attention = recipe.predict_on_table(
-        store, val, checkpoint, {"n_clips": 1}, progress=False
+        store, val, checkpoint, typed.evaluation, progress=False
     )
     assert np.isfinite(from_features["EF_pred"]).all()
     item = attention[val["FileName"].iloc[0]]  # MFL weights per backbone clip, placed
@@ -223,22 +233,22 @@ def test_the_benchmark_runs_what_applies_and_leaves_out_the_rest(
     store, table, weights = site
     split = table.assign(role=["train"] * 6 + ["val"] * 2 + ["test"] * (len(table) - 8), k=1)
     split = split.assign(seed=0)
-    base = {
-        "backbone": {"name": NAME, "pretrained": str(weights)},
-        "cardiac_clip": {"scales": [1, 2], "prompt_set": "values"},
-        "clips": CLIPS,
-        "training": {"adaptation": "full", "epochs": 1, "batch_size": 2},
-        "evaluation": {"n_clips": 1},
+    base = _recipe(
+        weights, training={"adaptation": "full", "epochs": 1, "batch_size": 2}, scales=[1, 2]
+    )
+    mute = _recipe(None, name=f"{NAME}-mute")
+    methods = {
+        kind: BenchmarkMethodConfig(kind=kind, pretrained=True, overrides={})
+        for kind in ("cardiac_clip", "linear_probe")
     }
-    mute = {**base, "backbone": {"name": f"{NAME}-mute", "pretrained": None}}
     with caplog.at_level(logging.WARNING):
         zoomed = benchmark.run_method(
-            "cardiac_clip", {}, store, split, base=base, pretrained_backbone=None,
-            cache_dir=tmp_path, progress=False,
+            "cardiac_clip", methods["cardiac_clip"], store, split, base=base,
+            pretrained_backbone=None, cache_dir=tmp_path, progress=False,
         )  # fmt: skip
-        zero_shot = benchmark.zero_shot_predictions(store, split, mute)
+        zero_shot = benchmark.zero_shot_predictions(store, split, mute.backbone, mute.clips, 1)
         probe = benchmark.run_method(
-            "linear_probe", {"kind": "linear_probe"}, store, split, base=base,
+            "linear_probe", methods["linear_probe"], store, split, base=base,
             pretrained_backbone=None, cache_dir=tmp_path, progress=False,
         )  # fmt: skip
     assert zoomed.empty and zero_shot.empty

@@ -17,6 +17,7 @@ from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import register_model_configs
 from cardiac_pipeline.nn.encoders import create_encoder
+from tests.conftest import base_recipe
 
 MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
 
@@ -73,10 +74,13 @@ def test_cardiac_clip_runs_echozoom_on_echoclip_and_rebuilds_from_config(
     tmp_path: Path, no_network: None
 ) -> None:
     _write_folder(tmp_path / "echo-clip")
-    arch = {
-        "backbone": {"name": "echoclip", "pretrained": str(tmp_path / "echo-clip")},
-        "cardiac_clip": {"scales": [1, 2], "tile": 64, "prompt_set": "values"},
-    }
+    arch = recipe.arch_of(
+        base_recipe(
+            backbone={"name": "echoclip", "pretrained": str(tmp_path / "echo-clip")},
+            cardiac_clip={"scales": [1, 2], "tile": 64, "prompt_set": "values"},
+            training={"adaptation": "full"},
+        )
+    )
     model = recipe.build_cardiac_clip(arch, seed=0).eval()
     clips = torch.randint(0, 256, (1, 2, 1, 112, 112), dtype=torch.uint8)
     rebuilt = recipe.build_cardiac_clip(arch, weights=False)  # the folder's config, no weights
