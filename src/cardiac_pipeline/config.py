@@ -190,6 +190,7 @@ class EvaluationConfig:
     bootstrap_seed: int = param(0, minimum=0)
     ci_level: float = param(0.95, minimum=0)
     interval_alpha: float = param(0.1, minimum=0)  # 0.1: 90% conformal intervals
+    ood_quantile: float = param(0.99, minimum=0)  # out-of-distribution flag: ~1% of in-dist.
 
 
 @dataclass(frozen=True, kw_only=True)

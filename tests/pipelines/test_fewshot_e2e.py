@@ -99,6 +99,7 @@ def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None
                     "EF_true": true,
                     "EF_pred": pred,
                     "covered": (np.abs(pred - true) <= 10).astype(float),
+                    "out_of_distribution": (np.arange(50) < 2).astype(float),  # 2 of 50
                     "EF_pred_zero_shot": zero_shot,
                     "EF_pred_val_median_predictor": 58.0,
                 }
@@ -112,3 +113,16 @@ def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None
     for method in ("zero_shot", "val_median_predictor"):
         assert f"| {method} | any | 1 |" in markdown  # once, not at each k with ± 0.00
     assert markdown.count("| cardiac_clip |") == 2 and "nan" not in markdown
+
+    # coverage by LVEF range: each range's share of covered videos (seed-averaged)
+    first = predictions["k1_seed0"].assign(split="k1_seed0")
+    low = first[first["EF_true"] < 40]
+    both = [predictions[f"k1_seed{s}"] for s in (0, 1)]
+    expected = np.mean([t.loc[t["EF_true"] < 40, "covered"].mean() for t in both])
+    k1 = model[model["k"] == 1].iloc[0]
+    assert len(low) > 5 and k1["coverage_90_ef_lt_40_mean"] == pytest.approx(expected)
+    for name in ("coverage_90_ef_40_55", "coverage_90_ef_gt_55"):
+        assert k1[f"{name}_ci_low"] <= k1[f"{name}_mean"] <= k1[f"{name}_ci_high"]
+    assert model["ood_share_mean"].tolist() == pytest.approx([0.04, 0.04])
+    assert summary.loc[summary["method"] == "zero_shot", "ood_share_mean"].isna().all()
+    assert "OOD share" in markdown and "coverage_90 EF<40" in markdown

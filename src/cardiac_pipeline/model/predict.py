@@ -39,6 +39,7 @@ from cardiac_pipeline.echo.inputs import (
 )
 from cardiac_pipeline.echo.uncertainty import interval_text, prediction_interval
 from cardiac_pipeline.model import recipe
+from cardiac_pipeline.model.ood import OOD_COLUMNS, OOD_FLAG, checkpoint_description, ood_columns
 from cardiac_pipeline.model.prompts import LVEF_RANGES
 from cardiac_pipeline.model.train import predict_videos
 
@@ -61,6 +62,7 @@ PREDICTION_COLUMNS = (
     "n_frames",
     "fps",
     "flags",
+    *OOD_COLUMNS,
 )
 
 
@@ -213,7 +215,10 @@ def predict_folder(
     predictions: one row per readable video, columns ``PREDICTION_COLUMNS`` (``EF_lower``,
     ``EF_upper``: the model's conformal interval, NaN for a model stored without one;
     range probabilities named after the LVEF ranges, in order bin 0..4; ``flags`` a
-    ``;``-joined list from ``input_quality_flags``, empty when none). failures: ``file, reason``.
+    ``;``-joined list from ``input_quality_flags``, empty when none, led by
+    ``out_of_distribution`` for a video unlike the model's calibration videos; that flag,
+    the score and its percentile among the calibration videos are also columns, NA for a
+    model stored without their description). failures: ``file, reason``.
     attention: ``{file: {attention (N, T), frame_indices (N, T), start (N,), frames}}``
     where ``frames`` holds a few model-ready frames for reports. ``load_batch`` videos are
     held in memory at a time. ``quality`` overrides ``input_quality_flags`` thresholds
@@ -224,6 +229,7 @@ def predict_folder(
     model = model or recipe.model_from_checkpoint(checkpoint)
     quality = dict(quality or {})
     half_width = interval_half_width(checkpoint, n_clips)
+    description = checkpoint_description(checkpoint)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     attention: dict[str, dict[str, Any]] = {}
@@ -244,10 +250,14 @@ def predict_folder(
         )
         table, attn = predict_videos(model, dataset, device=device, progress=progress)
         by_name = table.set_index("FileName")
+        names = [v.display_name for v in batch]
+        shift = ood_columns(attn, names, description).set_index(pd.Index(names))
         for video in batch:
             pred = by_name.loc[video.display_name]
             source = None if video.kind == "dicom" else (video.source_height, video.source_width)
-            flags = input_quality_flags(
+            unlike = shift.at[video.display_name, OOD_FLAG]
+            flags = [OOD_FLAG] if pd.notna(unlike) and bool(unlike) else []
+            flags += input_quality_flags(
                 video.frames,
                 video.fps,
                 source_size=source,
@@ -273,6 +283,7 @@ def predict_folder(
                 n_frames=int(video.frames.shape[0]),
                 fps=float(video.fps),
                 flags=";".join(flags),
+                **shift.loc[video.display_name].to_dict(),
             )
             rows.append(row)
             entry = dict(attn.get(video.display_name, {}))
@@ -283,6 +294,7 @@ def predict_folder(
     elapsed = time.perf_counter() - started
     logger.info("predicted %d videos (%d failed) in %.1f s", len(rows), len(failures), elapsed)
     predictions = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    predictions[OOD_FLAG] = predictions[OOD_FLAG].astype("boolean")
     return predictions, pd.DataFrame(failures, columns=["file", "reason"]), attention
 
 
@@ -333,8 +345,25 @@ def _number(value: Any, spec: str, missing: str = "–") -> str:
 
 def _interval_cell(row: Any) -> str:
     if _present(row.get("EF_lower")) and _present(row.get("EF_upper")):
-        return f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
+        cell = f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
+        return f"{cell} (not guaranteed)" if _out_of_distribution(row) else cell
     return "–"
+
+
+def _out_of_distribution(row: Any) -> bool:
+    """The row's flag, also after a CSV round trip (True, 'True'; NA and '' are False)."""
+    return str(row.get(OOD_FLAG)).strip().lower() in ("true", "1", "1.0")
+
+
+def _ood_paragraph(row: Any, level: str) -> str:
+    """What a reader sees first for a video unlike the model's calibration videos."""
+    score = _number(row.get("ood_score"), ".1f")
+    percentile = _number(row.get("ood_percentile"), ".0f")
+    return (
+        "<p class='flag'><b>Out of distribution:</b> this video is unlike the videos the "
+        f"model was calibrated on (distance {score}, above {percentile}% of theirs); its "
+        f"{level} is not guaranteed.</p>"
+    )
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -438,10 +467,13 @@ def prediction_report_html(
     for _, row in predictions.iterrows():
         name = str(row["file"])
         parts.append(f"<div class='video'><h2>{escape(_video_label(row))}</h2>")
+        if _out_of_distribution(row):
+            parts.append(_ood_paragraph(row, level))
         if interval_level and _interval_cell(row) != "–":
             estimate = interval_text(
                 row["EF_pred"], row["EF_lower"], row["EF_upper"], interval_level
             )
+            estimate += " (not guaranteed)" if _out_of_distribution(row) else ""
         else:
             estimate = f"EF {_number(row['EF_pred'], '.0f')}"
         spread = (
@@ -454,6 +486,7 @@ def prediction_report_html(
             f"{_number(row.get('fps'), 'g')} fps</p>"
         )
         flags = str(row.get("flags")) if _present(row.get("flags")) else ""
+        flags = ";".join(f for f in flags.split(";") if f and f != OOD_FLAG)
         if flags:
             parts.append(f"<p class='flag'>Input unlike training data: {escape(flags)}</p>")
         cells = "".join(

@@ -26,6 +26,7 @@ from cardiac_pipeline.echo.clipstore import ClipStore
 from cardiac_pipeline.model.backbone import brings_own_weights, create_backbone
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
+from cardiac_pipeline.model.ood import describe_calibration
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 from cardiac_pipeline.model.train import (
     TrainConfig,
@@ -442,7 +443,9 @@ def calibrate_interval(
     epoch) are predicted as TEST and predict do (``evaluation.n_clips``), so that their
     residuals are exchangeable with theirs; the half-width is their
     ``ceil((n + 1)(1 - alpha))``-th smallest value (``evaluation.interval_alpha``). None
-    (and nothing stored) without VAL videos.
+    (and nothing stored) without VAL videos. Their pooled embeddings go to
+    ``checkpoint["ood"]`` (``model.ood.describe_calibration``): what predict scores new
+    videos against, to flag those the interval does not hold for.
     """
     from cardiac_pipeline.echo.kshot import calibration_rows
     from cardiac_pipeline.echo.metrics import interval_alpha
@@ -458,12 +461,17 @@ def calibrate_interval(
             "other VAL videos out for it",
             len(rows),
         )
-    table, _ = predict_on_table(
+    table, attention = predict_on_table(
         store, rows, checkpoint, evaluation, progress=progress, features=features
     )
     interval = conformal_calibration(table["EF_true"], table["EF_pred"], interval_alpha(evaluation))
     interval["n_clips"] = evaluation.get("n_clips", 4)
     checkpoint["interval"] = interval
+    description = describe_calibration(
+        attention, list(table["FileName"]), evaluation["ood_quantile"]
+    )
+    if description is not None:
+        checkpoint["ood"] = description
     return interval
 
 
