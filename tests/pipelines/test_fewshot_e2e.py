@@ -51,6 +51,8 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     assert children["metrics.val_mae"].notna().all()  # per-epoch metric logged during training
 
     assert {"mae_ci_low", "mae_ci_high", "coverage_90"} <= set(metrics.columns)
+    assert cardiac["ood_share"].between(0, 1).all()  # share of TEST flagged, per model
+    assert children["metrics.test_ood_share"].notna().all()
     assert (metrics["method"] == "zero_shot").sum() == 2  # the backbone's, on the same TEST
 
     predictions = root / "data/07_model_output/fewshot_predictions"
@@ -59,10 +61,12 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     assert (table["EF_lower"] <= table["EF_pred"]).all()
     assert (table["EF_pred"] <= table["EF_upper"]).all()
     assert {"EF_pred_zero_shot", "EF_pred_val_median_predictor"} <= set(table.columns)
+    assert table["out_of_distribution"].isin([0.0, 1.0]).all()
 
     summary = pd.read_csv(
         next((root / "data/08_reporting/fewshot_summary.csv").glob("*/fewshot_summary.csv"))
     )
+    assert {"ood_share_mean", "coverage_90_ef_lt_40_mean"} <= set(summary.columns)
     zero = summary[summary["method"] == "zero_shot"]
     assert len(zero) == 1 and zero["n"].iloc[0] == 1  # no labels: one model, not n = 2
     markdown = next((root / "data/08_reporting/fewshot_summary.md").glob("*/*.md")).read_text()
@@ -75,6 +79,7 @@ def test_fewshot_pipeline_tracks_one_mlflow_run_per_split(kedro_project):
     assert stored["interval"]["alpha"] == 0.1 and stored["interval"]["n_val"] == 4
     # 4 VAL videos are too few for a finite 90% interval (needs >= 9)
     assert stored["interval"]["half_width"] == float("inf")
+    assert stored["ood"]["n"] == 4 and stored["ood"]["score"] == "mahalanobis_ledoit_wolf"
     assert backbone["pretrained"].endswith("pretrained_backbone.pt")
     assert backbone["name"] == "echo-vit-tiny"  # the checkpoint's arch
     assert list((root / "data/08_reporting/fewshot_plots/k1_seed0").glob("*/*/mfl_attention.png"))
