@@ -36,10 +36,11 @@ def _checkpoints(model: Path) -> list[Path]:
     return sorted(newest.glob("*.pt"))
 
 
-def _source_videos(root: Path, n: int, seed: int, workers: int) -> Path:
-    """``root/Videos``: ``n`` source-site TEST videos, generated unless already there."""
+def _source_videos(root: Path, n: int, seed: int) -> Path:
+    """``root/Videos``: ``n`` source-site TEST videos, generated unless already there (one
+    worker: the folder's marker records every generation parameter)."""
     params = {"n_train": 0, "n_val": 0, "n_test": n, "seed": seed, "site": "source"}
-    params |= {"workers": workers, "progress": True}
+    params |= {"workers": 1, "progress": True}
     if not synthetic.is_current(root, params):
         staged = synthetic.stage_dataset(root, params)
         if root.exists():
@@ -75,11 +76,10 @@ def main() -> None:
     parser.add_argument("--source-videos", type=int, default=48)
     parser.add_argument("--source-seed", type=int, default=2029)
     parser.add_argument("--n-clips", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
 
-    source = _source_videos(args.source_root, args.source_videos, args.source_seed, args.workers)
+    source = _source_videos(args.source_root, args.source_videos, args.source_seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ood-test-") as tmp:
         target = _test_videos(args.echonet, Path(tmp))
