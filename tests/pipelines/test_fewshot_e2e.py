@@ -131,3 +131,43 @@ def test_summarise_fewshot_counts_references_once_and_reports_coverage() -> None
     assert model["ood_share_mean"].tolist() == pytest.approx([0.04, 0.04])
     assert summary.loc[summary["method"] == "zero_shot", "ood_share_mean"].isna().all()
     assert "OOD share" in markdown and "coverage_90 EF<40" in markdown
+
+
+def test_test_metrics_give_the_share_flagged_and_coverage_by_range() -> None:
+    import numpy as np
+
+    from cardiac_pipeline.echo.ood import describe
+    from cardiac_pipeline.pipelines.fewshot.nodes import _metrics_with_ci, _video_means, _with_ood
+
+    rng = np.random.default_rng(1)
+    description = describe(rng.normal(size=(100, 4)), quantile=0.99)
+    names = [f"v{i}" for i in range(40)]
+    embeddings = rng.normal(size=(40, 4))
+    embeddings[:4] += 50.0  # four videos of another site
+    attention = {n: {"video_embedding": e} for n, e in zip(names, embeddings, strict=True)}
+    true = np.linspace(20, 80, 40)
+    table = pd.DataFrame({"FileName": names, "EF_true": true, "EF_pred": true + 3.0})
+    table = table.assign(covered=(np.arange(40) % 2).astype(float))
+    table = _with_ood(table, attention, description)
+    metrics = _metrics_with_ci(
+        table,
+        table["EF_pred"],
+        {"n_resamples": 50, "bootstrap_seed": 0, "level": 0.95},
+        _video_means(table, "coverage_90"),
+    )
+    assert metrics["ood_share"] >= 4 / 40 and metrics["ood_share"] < 0.3
+    assert table.loc[:3, "out_of_distribution"].eq(1.0).all()
+    low = table["EF_true"] < 40
+    assert metrics["coverage_90_ef_lt_40"] == pytest.approx(table.loc[low, "covered"].mean())
+    assert metrics["ood_share_ci_low"] <= metrics["ood_share"] <= metrics["ood_share_ci_high"]
+
+    without = _with_ood(
+        table.drop(columns=["out_of_distribution", "ood_score", "ood_percentile"]), attention, None
+    )
+    plain = _metrics_with_ci(
+        without,
+        without["EF_pred"],
+        {"n_resamples": 50, "bootstrap_seed": 0, "level": 0.95},
+        _video_means(without, "coverage_90"),
+    )
+    assert np.isnan(plain["ood_share"]) and plain["coverage_90"] == pytest.approx(0.5)
