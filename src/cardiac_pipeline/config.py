@@ -170,6 +170,7 @@ class EvaluationConfig:
     bootstrap_seed: int = param(minimum=0)
     ci_level: float = param(minimum=0)
     interval_alpha: float = param(minimum=0)  # 0.1: 90% conformal intervals
+    ood_quantile: float = param(minimum=0)  # out-of-distribution flag: ~1% of in-dist.
 
 
 @dataclass(frozen=True, kw_only=True)

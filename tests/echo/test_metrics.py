@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from cardiac_pipeline.echo.metrics import (
+    bootstrap_ef_metrics,
     constant_baseline,
+    coverage_by_ef_range,
     ef_metrics,
     limits_of_agreement,
     mae_by_range,
@@ -236,3 +238,22 @@ def test_conformal_by_model_calibrates_on_held_out_val_videos_when_the_split_has
     assert held_out["covered"].mean() == 1.0
     on_val = conformal_by_model(pd.concat([val, test]), 0.1)
     assert on_val["half_width"].iloc[0] == pytest.approx(1.0) and on_val["covered"].mean() == 0.0
+
+
+def test_coverage_by_ef_range_keeps_each_video_in_its_range_only():
+    ef = np.array([20.0, 39.9, 40.0, 55.0, 55.1, 70.0])
+    covered = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    ranges = coverage_by_ef_range(covered, ef, "coverage_90")
+    assert list(ranges) == ["coverage_90_ef_lt_40", "coverage_90_ef_40_55", "coverage_90_ef_gt_55"]
+    np.testing.assert_array_equal(np.isfinite(ranges["coverage_90_ef_40_55"]), [0, 0, 1, 1, 0, 0])
+    assert np.nanmean(ranges["coverage_90_ef_lt_40"]) == pytest.approx(0.5)
+    assert np.nanmean(ranges["coverage_90_ef_gt_55"]) == pytest.approx(0.5)
+
+
+def test_bootstrap_of_a_per_video_mean_skips_videos_where_it_is_undefined():
+    true = np.linspace(20, 80, 40)
+    in_range = np.where(true < 40, 1.0, np.nan)  # defined for the low videos only, all 1
+    intervals = bootstrap_ef_metrics(
+        true, true + 1.0, n_resamples=200, seed=0, video_means={"low": in_range}
+    )
+    assert intervals["low"] == pytest.approx((1.0, 1.0))

@@ -240,19 +240,26 @@ def _training(tmp_path: Path, **cached: object) -> dict:
     }
 
 
-def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
-    site, tmp_path: Path
-) -> None:
+def _train_cached(site, tmp_path: Path, **cached: object) -> tuple:
+    """``(split, features, checkpoint, result)`` of a cached-mode model on the site."""
     store, table, path = site
     features, _ = _store(site, tmp_path)
     split = _split(table)
     checkpoint, result = recipe.train_on_split(
         store,
         split,
-        _recipe(path, training=_training(tmp_path)),
+        _recipe(path, training=_training(tmp_path, **cached)),
         features=features,
         progress=False,
     )
+    return split, features, checkpoint, result
+
+
+def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
+    site, tmp_path: Path
+) -> None:
+    store, _, path = site
+    split, features, checkpoint, result = _train_cached(site, tmp_path)
     loss = result.history["train_loss"].to_numpy()
     assert loss[-5:].mean() < loss[:3].mean()
     assert checkpoint["adaptation"] == "cached"
@@ -265,6 +272,30 @@ def test_cached_mode_loss_falls_and_the_checkpoint_predicts_from_pixels(
     from_pixels, _ = recipe.predict_on_table(store, val, checkpoint, evaluation, progress=False)
     # the same model either way (clip starts move to the feature grid: close, not equal)
     assert np.abs(from_features["EF_pred"] - from_pixels["EF_pred"]).max() < 3.0
+
+
+def test_calibration_stores_the_interval_and_a_description_of_its_videos(
+    site, tmp_path: Path
+) -> None:
+    from cardiac_pipeline.echo.ood import score_videos
+    from cardiac_pipeline.model.ood import embedding_matrix
+
+    store, _, path = site
+    split, features, checkpoint, _ = _train_cached(site, tmp_path, epochs=2)
+    evaluation = _recipe(path).evaluation
+    recipe.calibrate_interval(checkpoint, store, split, evaluation, features=features)
+    torch.save(checkpoint, tmp_path / "model.pt")
+    stored = recipe.load_checkpoint(tmp_path / "model.pt")  # weights_only: tensors, numbers
+    described = stored["ood"]
+    val = split[split["role"] == "val"]
+    assert described["n"] == len(val) and len(described["calibration_scores"]) == len(val)
+    dims = described["mean"].shape[0]
+    assert described["precision"].shape == (dims, dims) and described["threshold"] > 0
+    _, attention = recipe.predict_on_table(
+        store, val, stored, evaluation, features=features, progress=False
+    )
+    scored = score_videos(embedding_matrix(attention, list(val["FileName"])), described)
+    assert np.isfinite(scored["score"]).all() and (scored["percentile"] <= 100).all()
 
 
 def test_calibrated_start_scores_like_zero_shot(site) -> None:

@@ -446,6 +446,8 @@ def test_predict_videos_averages_clips(tmp_path: Path) -> None:
         entry = attention[f"v{i:02d}"]
         np.testing.assert_allclose(entry["attention"], out.attention.numpy(), rtol=1e-6)
         np.testing.assert_array_equal(entry["frame_indices"], item["frame_indices"].numpy())
+        pooled = out.video_embedding.double().mean(0).numpy()  # what OOD scores use
+        np.testing.assert_allclose(entry["video_embedding"], pooled, rtol=1e-5, atol=1e-6)
     assert preds["EF_clip_sd"].gt(0).all()  # the clips really differ
 
 

@@ -265,3 +265,77 @@ def test_predict_pipeline_through_kedro(
         "prediction_failures.csv",
         "predict_report.html",
     }
+
+
+def _rings(n_frames: int, wavelength: float, speed: float) -> np.ndarray:
+    """Concentric rings moving outwards: the in-distribution family of the OOD tests."""
+    yy, xx = np.mgrid[:112, :112]
+    radius = np.hypot(yy - 56, xx - 56)
+    return np.stack(
+        [
+            (100 + 60 * np.sin(radius / wavelength - speed * t)).astype(np.uint8)
+            for t in range(n_frames)
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def described_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """A tiny model with an interval and a description of 12 ring videos (its calibration)."""
+    from cardiac_pipeline.model.ood import describe_calibration
+
+    folder = tmp_path_factory.mktemp("calibration")
+    for i in range(12):
+        write_video(folder / f"rings_{i:02d}.avi", _rings(24, 4.0 + i / 6, 0.3 + i / 30), 50)
+    checkpoint = {
+        **tiny_checkpoint(),
+        "interval": {"alpha": 0.1, "half_width": 8.0, "n_val": 12, "n_clips": 2},
+    }
+    _, _, details = predict_folder(folder, checkpoint, n_clips=2, device="cpu")
+    checkpoint["ood"] = describe_calibration(details, sorted(details), quantile=0.99)
+    return checkpoint, folder
+
+
+def test_predict_flags_a_shifted_video_and_not_a_calibration_like_one(
+    described_checkpoint: tuple[dict, Path], tmp_path: Path
+) -> None:
+    checkpoint, calibration = described_checkpoint
+    (tmp_path / "like.avi").write_bytes((calibration / "rings_05.avi").read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, size=(24, 112, 112), dtype=np.uint8)
+    write_video(tmp_path / "shifted.avi", noise, 50)
+    predictions, failures, details = predict_folder(tmp_path, checkpoint, n_clips=2, device="cpu")
+    rows = predictions.set_index("file")
+
+    assert rows.loc["shifted.avi", "out_of_distribution"]
+    assert rows.loc["shifted.avi", "ood_percentile"] == pytest.approx(100.0)
+    assert rows.loc["shifted.avi", "flags"].split(";")[0] == "out_of_distribution"
+    assert not rows.loc["like.avi", "out_of_distribution"]
+    assert rows.loc["like.avi", "ood_score"] < rows.loc["shifted.avi", "ood_score"]
+    assert "out_of_distribution" not in rows.loc["like.avi", "flags"]
+
+    predictions.to_csv(tmp_path / "p.csv", index=False)  # the report node reads the CSV
+    html = prediction_report_html(
+        pd.read_csv(tmp_path / "p.csv"), failures, details, interval_level=0.9
+    )
+    text = _visible_text(html)
+    shifted = text[text.index("<h2>shifted.avi</h2>") :]
+    shifted = shifted[: shifted.index("</div>")]
+    assert shifted.index("Out of distribution") < shifted.index("EF ")  # the flag first
+    assert "90% interval is not guaranteed" in shifted
+    like = text[text.index("<h2>like.avi</h2>") :]
+    assert "Out of distribution" not in like[: like.index("</div>")]
+    summary = text[text.index("<h2>Summary</h2>") : text.index("</table>")]
+    assert summary.count("(not guaranteed)") == 1
+
+
+def test_a_model_without_a_description_predicts_and_says_so_once(
+    video_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        predictions, _, _ = predict_folder(
+            video_folder, tiny_checkpoint(), n_clips=2, device="cpu", load_batch=1
+        )
+    assert len(predictions) == 3 and predictions["EF_pred"].notna().all()
+    assert predictions["out_of_distribution"].isna().all()
+    assert predictions["ood_score"].isna().all()
+    assert caplog.text.count("out-of-distribution flags are not available") == 1

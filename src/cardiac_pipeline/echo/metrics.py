@@ -9,7 +9,7 @@ and the AUROC of flagging reduced EF (EF < 50 % and EF < 40 %) from the predicte
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -355,6 +355,15 @@ def _seed_mean(per_seed: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / count, math.nan)
 
 
+def _resampled_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The mean of a per-video value in each resample, over its videos where it is defined
+    (NaN: e.g. the coverage of an EF range the video is not in); NaN where none is."""
+    defined = np.isfinite(values)
+    counts = weights @ defined
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (weights @ np.where(defined, values, 0.0)) / counts, math.nan)
+
+
 def _resampled_per_seed(
     true: np.ndarray,
     preds: np.ndarray,
@@ -367,7 +376,7 @@ def _resampled_per_seed(
     for s, pred in enumerate(preds):
         metrics = resampled_ef_metrics(true, pred, weights, thresholds)
         for name, values in video_means.items():
-            metrics[name] = (weights @ values[s]) / weights.sum(axis=1)
+            metrics[name] = _resampled_mean(values[s], weights)
         for name, values in metrics.items():
             per_seed.setdefault(name, []).append(values)
     return {name: np.stack(values) for name, values in per_seed.items()}
@@ -765,6 +774,27 @@ def format_paired_differences(
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+COVERAGE_EF_RANGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "ef_lt_40": lambda ef: ef < 40.0,
+    "ef_40_55": lambda ef: (ef >= 40.0) & (ef <= 55.0),
+    "ef_gt_55": lambda ef: ef > 55.0,
+}
+"""LVEF ranges of the interval's coverage by range (true EF): reduced (< 40), mid-range
+(40-55) and normal or above (> 55). A clinician cares most about the low range, where the
+synthetic (and EchoNet-Dynamic) videos are few and the errors largest."""
+
+
+def coverage_by_ef_range(covered: object, ef_true: object, coverage: str) -> dict[str, np.ndarray]:
+    """``{<coverage>_<range>: per video covered (0/1) inside the range, NaN outside}`` for
+    ``COVERAGE_EF_RANGES``: means over videos (``video_means``) give each range's coverage."""
+    hit = np.asarray(covered, dtype=float)
+    true = np.asarray(ef_true, dtype=float)
+    return {
+        f"{coverage}_{name}": np.where(inside(true), hit, math.nan)
+        for name, inside in COVERAGE_EF_RANGES.items()
+    }
 
 
 def bootstrap_settings(evaluation: Any) -> dict[str, Any]:

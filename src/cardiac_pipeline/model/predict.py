@@ -37,10 +37,12 @@ from cardiac_pipeline.echo.inputs import (
     list_videos,
     read_input_video,
 )
+from cardiac_pipeline.echo.ood import OOD_COLUMNS, OOD_FLAG
 from cardiac_pipeline.echo.ranges import RANGE_COLUMNS
 from cardiac_pipeline.echo.uncertainty import prediction_interval
 from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model import recipe, train
+from cardiac_pipeline.model.ood import checkpoint_description, ood_columns
 from cardiac_pipeline.model.train import predict_videos
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ PREDICTION_COLUMNS = (
     "n_frames",
     "fps",
     "flags",
+    *OOD_COLUMNS,
 )
 
 
@@ -294,7 +297,10 @@ def predict_folder(
     predictions: one row per readable video, columns ``PREDICTION_COLUMNS`` (``EF_lower``,
     ``EF_upper``: the model's conformal interval, NaN for a model stored without one;
     range probabilities named after the LVEF ranges, in order bin 0..4; ``flags`` a
-    ``;``-joined list from ``input_quality_flags``, empty when none). failures: ``file, reason``.
+    ``;``-joined list from ``input_quality_flags``, empty when none, led by
+    ``out_of_distribution`` for a video unlike the model's calibration videos; that flag,
+    the score and its percentile among the calibration videos are also columns, NA for a
+    model stored without their description). failures: ``file, reason``.
     attention: ``{file: {attention (N, T), frame_indices (N, T), start (N,), frames}}``
     where ``frames`` holds a few model-ready frames for reports. ``load_batch`` videos are
     held in memory at a time. ``quality`` overrides ``input_quality_flags`` thresholds
@@ -305,6 +311,7 @@ def predict_folder(
     model = model or recipe.model_from_checkpoint(checkpoint)
     quality = dict(quality or {})
     half_width = interval_half_width(checkpoint, n_clips)
+    description = checkpoint_description(checkpoint)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     attention: dict[str, dict[str, Any]] = {}
@@ -325,10 +332,14 @@ def predict_folder(
         )
         table, attn = predict_videos(model, dataset, device=device, progress=progress)
         by_name = table.set_index("FileName")
+        names = [v.display_name for v in batch]
+        shift = ood_columns(attn, names, description).set_index(pd.Index(names))
         for video in batch:
             pred = by_name.loc[video.display_name]
             source = None if video.kind == "dicom" else (video.source_height, video.source_width)
-            flags = input_quality_flags(
+            unlike = shift.at[video.display_name, OOD_FLAG]
+            flags = [OOD_FLAG] if pd.notna(unlike) and bool(unlike) else []
+            flags += input_quality_flags(
                 video.frames,
                 video.fps,
                 source_size=source,
@@ -354,6 +365,7 @@ def predict_folder(
                 n_frames=int(video.frames.shape[0]),
                 fps=float(video.fps),
                 flags=";".join(flags),
+                **shift.loc[video.display_name].to_dict(),
             )
             rows.append(row)
             entry = dict(attn.get(video.display_name, {}))
@@ -364,6 +376,7 @@ def predict_folder(
     elapsed = time.perf_counter() - started
     logger.info("predicted %d videos (%d failed) in %.1f s", len(rows), len(failures), elapsed)
     predictions = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    predictions[OOD_FLAG] = predictions[OOD_FLAG].astype("boolean")
     return predictions, pd.DataFrame(failures, columns=["file", "reason"]), attention
 
 

@@ -44,6 +44,7 @@ from cardiac_pipeline.model.adaptation import (
 from cardiac_pipeline.model.backbone import brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
+from cardiac_pipeline.model.ood import describe_calibration
 from cardiac_pipeline.model.prediction_cache import PredictionCache
 from cardiac_pipeline.model.train import (
     TrainResult,
@@ -446,7 +447,9 @@ def calibrate_interval(
     epoch) are predicted as TEST and predict do (``evaluation.n_clips``), so that their
     residuals are exchangeable with theirs; the half-width is their
     ``ceil((n + 1)(1 - alpha))``-th smallest value (``evaluation.interval_alpha``). None
-    (and nothing stored) without VAL videos.
+    (and nothing stored) without VAL videos. Their pooled embeddings go to
+    ``checkpoint["ood"]`` (``model.ood.describe_calibration``): what predict scores new
+    videos against, to flag those the interval does not hold for.
     """
     from cardiac_pipeline.echo.kshot import calibration_rows
     from cardiac_pipeline.echo.uncertainty import conformal_calibration
@@ -461,7 +464,7 @@ def calibrate_interval(
             "other VAL videos out for it",
             len(rows),
         )
-    table, _ = predict_on_table(
+    table, attention = predict_on_table(
         store, rows, checkpoint, evaluation, progress=progress, features=features
     )
     interval = conformal_calibration(
@@ -469,6 +472,9 @@ def calibrate_interval(
     )
     interval["n_clips"] = evaluation.n_clips
     checkpoint["interval"] = interval
+    description = describe_calibration(attention, list(table["FileName"]), evaluation.ood_quantile)
+    if description is not None:
+        checkpoint["ood"] = description
     return interval
 
 

@@ -470,7 +470,7 @@ def _run_videos(
                     counts.append(clip.shape[0])
                 flat = torch.cat(clips)
                 chunk = clip_chunk or flat.shape[0]
-                ef_parts, logit_parts, attn_parts = [], [], []
+                ef_parts, logit_parts, attn_parts, embedding_parts = [], [], [], []
                 for start in range(0, flat.shape[0], chunk):
                     x = flat[start : start + chunk].to(device, non_blocking=True)
                     with _autocast(device, amp_dtype):
@@ -480,9 +480,12 @@ def _run_videos(
                         logit_parts.append(out.logits.float().cpu())
                     if collect_attention and out.attention is not None:
                         attn_parts.append(out.attention.float().cpu())
+                    if collect_attention:
+                        embedding_parts.append(out.video_embedding.float().cpu())
                 ef_all = torch.cat(ef_parts)
                 probs_all = torch.softmax(torch.cat(logit_parts), dim=-1) if logit_parts else None
                 attn_all = torch.cat(attn_parts) if attn_parts else None
+                embeddings = torch.cat(embedding_parts) if embedding_parts else None
                 offset = 0
                 for item, n in zip(items, counts, strict=True):
                     ef_clips = ef_all[offset : offset + n].double()
@@ -503,6 +506,10 @@ def _run_videos(
                         entry: dict[str, np.ndarray] = {}
                         if attn_all is not None:
                             entry["attention"] = attn_all[offset : offset + n].numpy().copy()
+                        if embeddings is not None:  # the video's, pooled over its clips
+                            entry["video_embedding"] = (
+                                embeddings[offset : offset + n].mean(0).numpy()
+                            )
                         # where the clips sit in the video: (N, T) frame numbers and/or
                         # (N,) clip start frames, whichever the dataset gives
                         for key in ("frame_indices", "start"):
@@ -539,7 +546,9 @@ def predict_videos(
     unlabelled), ``EF_pred, EF_clip_sd`` (population SD over clips), ``n_clips`` and, when
     the model has a linear head, ``p_bin_0..p_bin_{K-1}`` (mean softmax over clips); and
     ``{FileName: {"attention": (N, T) float32, "frame_indices": (N, T) int64, "start": (N,)
-    int64}}`` for plots (the position keys present when the dataset's items carry them).
+    int64, "video_embedding": (D,) float32}}`` for plots (the position keys present when the
+    dataset's items carry them) and out-of-distribution scores (the embedding: the mean of
+    the clips' ``video_embedding``).
     """
     dev = resolve_device(device)
     if amp not in _AMP_MODES:

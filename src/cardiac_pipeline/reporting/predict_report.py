@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cardiac_pipeline.echo.ood import OOD_FLAG
 from cardiac_pipeline.echo.ranges import LVEF_RANGES, RANGE_COLUMNS
 from cardiac_pipeline.echo.uncertainty import interval_text
 
@@ -30,8 +31,25 @@ def _number(value: Any, spec: str, missing: str = "–") -> str:
 
 def _interval_cell(row: Any) -> str:
     if _present(row.get("EF_lower")) and _present(row.get("EF_upper")):
-        return f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
+        cell = f"{row['EF_lower']:.0f}–{row['EF_upper']:.0f}"
+        return f"{cell} (not guaranteed)" if _out_of_distribution(row) else cell
     return "–"
+
+
+def _out_of_distribution(row: Any) -> bool:
+    """The row's flag, also after a CSV round trip (True, 'True'; NA and '' are False)."""
+    return str(row.get(OOD_FLAG)).strip().lower() in ("true", "1", "1.0")
+
+
+def _ood_paragraph(row: Any, level: str) -> str:
+    """What a reader sees first for a video unlike the model's calibration videos."""
+    score = _number(row.get("ood_score"), ".1f")
+    percentile = _number(row.get("ood_percentile"), ".0f")
+    return (
+        "<p class='flag'><b>Out of distribution:</b> this video is unlike the videos the "
+        f"model was calibrated on (distance {score}, above {percentile}% of theirs); its "
+        f"{level} is not guaranteed.</p>"
+    )
 
 
 def _png_base64(image: np.ndarray) -> str:
@@ -135,10 +153,13 @@ def prediction_report_html(
     for _, row in predictions.iterrows():
         name = str(row["file"])
         parts.append(f"<div class='video'><h2>{escape(_video_label(row))}</h2>")
+        if _out_of_distribution(row):
+            parts.append(_ood_paragraph(row, level))
         if interval_level and _interval_cell(row) != "–":
             estimate = interval_text(
                 row["EF_pred"], row["EF_lower"], row["EF_upper"], interval_level
             )
+            estimate += " (not guaranteed)" if _out_of_distribution(row) else ""
         else:
             estimate = f"EF {_number(row['EF_pred'], '.0f')}"
         spread = (
@@ -151,6 +172,7 @@ def prediction_report_html(
             f"{_number(row.get('fps'), 'g')} fps</p>"
         )
         flags = str(row.get("flags")) if _present(row.get("flags")) else ""
+        flags = ";".join(f for f in flags.split(";") if f and f != OOD_FLAG)
         if flags:
             parts.append(f"<p class='flag'>Input unlike training data: {escape(flags)}</p>")
         cells = "".join(

@@ -32,17 +32,20 @@ from cardiac_pipeline.echo.metrics import (
     bootstrap_ef_metrics,
     bootstrap_settings,
     ci_table_preamble,
+    coverage_by_ef_range,
     ef_metrics,
     format_ci_table,
     split_baselines,
     split_reference_methods,
     summarise_with_ci,
 )
+from cardiac_pipeline.echo.ood import OOD_FLAG
 from cardiac_pipeline.echo.uncertainty import coverage_key, prediction_interval
 from cardiac_pipeline.io import LOCK_FILE, build_lock
 from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.adaptation import adaptation
 from cardiac_pipeline.model.benchmark import zero_shot_predictions
+from cardiac_pipeline.model.ood import ood_columns
 from cardiac_pipeline.pipelines.workers import share_cores
 from cardiac_pipeline.tracking import (
     child_run,
@@ -57,6 +60,7 @@ from cardiac_pipeline.tracking import (
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["mae", "rmse", "r2", "bias", "auroc_ef_lt_50", "auroc_ef_lt_40"]
+OOD_SHARE = "ood_share"  # share of a model's TEST videos flagged out of distribution
 
 
 USER_SPLIT = "user_split"  # the model trained on ``fewshot.split_file``
@@ -298,7 +302,8 @@ def evaluate_fewshot_model(
         clip_store, test, fewshot_model, evaluation, features=frame_features
     )
     table = _with_interval(table, fewshot_model.get("interval"))
-    metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, coverage, table["covered"])
+    table = _with_ood(table, attention, fewshot_model.get("ood"))
+    metrics = _metrics_with_ci(table, table["EF_pred"], bootstrap, _video_means(table, coverage))
     baselines = split_baselines(k_shot_split, table["EF_true"])
     method = fewshot_model["arch"]["cardiac_clip"]["method"]
     metrics.update(_attention_metrics(attention, video_index))
@@ -368,21 +373,40 @@ def _with_interval(table: pd.DataFrame, interval: dict[str, Any] | None) -> pd.D
     return table.assign(EF_lower=lower, EF_upper=upper, covered=covered.astype(float))
 
 
+def _with_ood(
+    table: pd.DataFrame, attention: dict[str, Any], description: dict[str, Any] | None
+) -> pd.DataFrame:
+    """TEST predictions with the out-of-distribution flag (1.0 / 0.0; NaN for a model
+    without a description of its calibration videos), its score and percentile."""
+    columns = ood_columns(attention, list(table["FileName"]), description)
+    columns[OOD_FLAG] = columns[OOD_FLAG].astype("Float64").astype(float)
+    return pd.concat([table.reset_index(drop=True), columns], axis=1)
+
+
+def _video_means(table: pd.DataFrame, coverage: str) -> dict[str, np.ndarray]:
+    """Metrics that are means of a per-video value: the coverage, overall and per EF range
+    (``echo.metrics.COVERAGE_EF_RANGES``), and the share flagged out of distribution."""
+    covered = table["covered"].to_numpy(dtype=float)
+    return {
+        coverage: covered,
+        **coverage_by_ef_range(covered, table["EF_true"], coverage),
+        OOD_SHARE: table[OOD_FLAG].to_numpy(dtype=float),
+    }
+
+
 def _metrics_with_ci(
     table: pd.DataFrame,
     pred: object,
     bootstrap: dict[str, Any],
-    coverage: str | None = None,
-    covered: object = None,
+    video_means: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``ef_metrics`` with each metric's bootstrap CI and, given ``covered``, the coverage."""
+    """``ef_metrics`` with each metric's bootstrap CI, and the ``video_means`` (mean over
+    the videos where the value is defined; NaN where none is)."""
     metrics = ef_metrics(table["EF_true"], pred)
-    means = {}
-    if coverage is not None:
-        covered = np.asarray(covered, dtype=float)
-        metrics[coverage] = float(covered.mean()) if np.isfinite(covered).all() else math.nan
-        if np.isfinite(covered).all():
-            means[coverage] = covered
+    means = dict(video_means or {})
+    for name, values in means.items():
+        defined = values[np.isfinite(values)]
+        metrics[name] = float(defined.mean()) if defined.size else math.nan
     intervals = bootstrap_ef_metrics(
         table["EF_true"],
         pred,
@@ -415,13 +439,16 @@ def summarise_fewshot(
     long = _long_predictions(fewshot_metrics, by_split)
     user_split = fewshot_metrics["k"].isna().all()  # a split file: one model, no k grid
     groups = ["method"] if user_split else ["method", "k"]
-    summary = summarise_with_ci(long, groups, video_means={coverage: "covered"}, **bootstrap)
+    per_video = _video_means(long, coverage)
+    long = long.assign(**per_video)
+    means = {name: name for name in per_video}
+    summary = summarise_with_ci(long, groups, video_means=means, **bootstrap)
     markdown = ci_table_preamble(bootstrap, alpha) + format_ci_table(
         summary,
         groups,
-        [*METRIC_COLUMNS, coverage],
-        decimals=CI_DECIMALS,
-        headers=CI_HEADERS,
+        [*METRIC_COLUMNS, *means],
+        decimals={**CI_DECIMALS, OOD_SHARE: 3},
+        headers={**CI_HEADERS, **_range_headers(coverage)},
     )
     if user_split:
         figure = plots.mae_by_range_bar(
@@ -441,8 +468,17 @@ def summarise_fewshot(
     return summary, markdown, figure
 
 
+def _range_headers(coverage: str) -> dict[str, str]:
+    """Column titles of the summary's coverage by EF range and OOD share."""
+    ranges = {"ef_lt_40": "EF<40", "ef_40_55": "EF 40-55", "ef_gt_55": "EF>55"}
+    return {f"{coverage}_{r}": f"{coverage} {label}" for r, label in ranges.items()} | {
+        OOD_SHARE: "OOD share"
+    }
+
+
 def _long_predictions(metrics: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per (split, method, TEST video): the model's and each reference's EF_pred."""
+    """One row per (split, method, TEST video): the model's and each reference's EF_pred,
+    and the model's ``covered`` and ``out_of_distribution`` (NaN for a reference)."""
     parts = []
     for row in metrics[["split", "method", "k", "seed"]].to_dict(orient="records"):
         table = predictions[row["split"]]
@@ -455,9 +491,12 @@ def _long_predictions(metrics: pd.DataFrame, predictions: dict[str, pd.DataFrame
                     "FileName": table["FileName"].to_numpy(),
                     "EF_true": table["EF_true"].to_numpy(dtype=float),
                     "EF_pred": table[column if is_reference else "EF_pred"].to_numpy(float),
-                    "covered": math.nan
-                    if is_reference or "covered" not in table
-                    else table["covered"].to_numpy(dtype=float),
+                    **{
+                        name: math.nan
+                        if is_reference or name not in table
+                        else table[name].to_numpy(dtype=float)
+                        for name in ("covered", OOD_FLAG)
+                    },
                 }
             )
         )

@@ -67,6 +67,7 @@ def predict_input_folder(
         "n_predicted": len(predictions),
         "n_failed": len(failures),
         "n_flagged": int((predictions["flags"].fillna("") != "").sum()),
+        "n_out_of_distribution": int(predictions["out_of_distribution"].fillna(False).sum()),
         "predict_seconds": elapsed,
         "videos_per_s": len(predictions) / elapsed if elapsed > 0 else 0.0,
     }
