@@ -81,14 +81,17 @@ def bench_renderer(old: ModuleType, videos: int) -> None:
         )
 
 
-def render_cost(keep_memory: bool, videos: int) -> dict[str, float]:
-    """CPU seconds (user, kernel) and page faults of rendering target videos, this process."""
+def render_cost(keep_memory: bool, videos: int, baseline: str | None = None) -> dict[str, float]:
+    """CPU seconds (user, kernel) and page faults of rendering target videos, this process;
+    ``baseline``: with the renderer of that git revision."""
     import resource
 
     from cardiac_pipeline.echo import phantom
     from cardiac_pipeline.echo.sites import get_site
     from cardiac_pipeline.echo.synthetic import keep_freed_memory
 
+    if baseline:
+        phantom = baseline_module(baseline, "src/cardiac_pipeline/echo/phantom.py", "old_phantom")
     if keep_memory:
         keep_freed_memory()
     site = get_site("target")
@@ -106,29 +109,34 @@ def render_cost(keep_memory: bool, videos: int) -> dict[str, float]:
     }
 
 
-def bench_allocator(videos: int, rounds: int = 2) -> None:
-    """The generator workers' ``keep_freed_memory``: fresh processes, alternated."""
+def bench_allocator(videos: int, baseline: str, rounds: int = 2) -> None:
+    """The generator workers' ``keep_freed_memory``, and the old renderer with glibc's
+    default malloc against the new one with it: CPU time, fresh processes, alternated."""
     import json
 
-    code = "import json,sys; sys.path.insert(0, {!r}); import first_run; print(json.dumps(first_run.render_cost({}, {})))"
-    totals = {False: [], True: []}
-    for _ in range(rounds):
-        for keep in (False, True):
-            out = subprocess.run(
-                [sys.executable, "-c", code.format(str(Path(__file__).parent), keep, videos)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            totals[keep].append(json.loads(out.strip().splitlines()[-1]))
-    mean = {k: {m: np.mean([r[m] for r in v]) for m in v[0]} for k, v in totals.items()}
-    cpu = {k: v["user_ms"] + v["kernel_ms"] for k, v in mean.items()}
-    print(
-        f"allocator (target renderer, CPU time): malloc default {cpu[False]:.3f} ms/frame "
-        f"(kernel {mean[False]['kernel_ms']:.3f}, {mean[False]['faults']:.0f} page faults/video) "
-        f"-> freed memory kept {cpu[True]:.3f} ms/frame (kernel {mean[True]['kernel_ms']:.3f}, "
-        f"{mean[True]['faults']:.0f} faults/video): {cpu[False] / cpu[True]:.2f}x"
+    code = (
+        "import json,sys; sys.path.insert(0, {!r}); import first_run; "
+        "print(json.dumps(first_run.render_cost({}, {}, {!r})))"
     )
+    variants = {"old, default": (False, baseline), "new, default": (False, None)}
+    variants["new, kept"] = (True, None)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
+    for _ in range(rounds):
+        for label, (keep, revision) in variants.items():
+            line = code.format(str(Path(__file__).parent), keep, videos, revision)
+            out = subprocess.run(
+                [sys.executable, "-c", line], check=True, capture_output=True, text=True
+            ).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+    first = None
+    for label, results in runs.items():
+        mean = {m: float(np.mean([r[m] for r in results])) for m in results[0]}
+        cpu = mean["user_ms"] + mean["kernel_ms"]
+        first = first or cpu
+        print(
+            f"renderer CPU time, {label:12s}: {cpu:.3f} ms/frame (kernel {mean['kernel_ms']:.3f}, "
+            f"{mean['faults']:.0f} page faults/video): {first / cpu:.2f}x"
+        )
 
 
 def _avi_route(frames: np.ndarray, fps: int, folder: Path) -> np.ndarray:
@@ -273,7 +281,7 @@ def main() -> None:
         old = baseline_module(args.baseline, "src/cardiac_pipeline/echo/phantom.py", "old_phantom")
         bench_renderer(old, args.videos)
     if "allocator" not in args.skip:
-        bench_allocator(args.videos)
+        bench_allocator(args.videos, args.baseline)
     if "corpus" not in args.skip:
         bench_corpus(args.videos)
     if "features" not in args.skip:

@@ -55,9 +55,8 @@ def main() -> None:
         print(f"{path}: {total:.0f} s over {len(seconds)} nodes")
         groups: dict[str, float] = {}
         for name, value in seconds.items():
-            groups[name.split(".")[0] if "." in name else name] = (
-                groups.get(name.split(".")[0] if "." in name else name, 0.0) + value
-            )
+            group = name.split(".")[0]  # fewshot.k1_seed0.train -> fewshot
+            groups[group] = groups.get(group, 0.0) + value
         for name, value in sorted(groups.items(), key=lambda kv: -kv[1]):
             print(f"  {name:40s} {value:6.0f} s {100 * value / max(total, 1):5.1f} %")
 
