@@ -94,7 +94,7 @@ def write_panecho(path: Path) -> Any:
     torch.manual_seed(0)
     source = create_encoder("panecho", **TINY_PANECHO)
     with torch.no_grad():  # move the EF head off its initial bias so the test can tell
-        source.ef_head.bias.add_(3.0)
+        source.ef_head().bias.add_(3.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": source.state_dict()}, path)
     return source

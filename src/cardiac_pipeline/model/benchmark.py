@@ -248,7 +248,10 @@ def _with_roles(
 
 
 def _pretrained(settings: dict[str, Any]) -> VideoEncoder:
-    return create_encoder(settings["backbone"]["name"], settings["backbone"]["pretrained"])
+    backbone = settings["backbone"]
+    return create_encoder(
+        backbone["name"], backbone["pretrained"], **recipe.encoder_options(backbone)
+    )
 
 
 def zero_shot_predictions(

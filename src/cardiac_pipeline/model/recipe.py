@@ -24,7 +24,8 @@ from cardiac_pipeline.config import RECIPE_SECTIONS, keys_of
 from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
-from cardiac_pipeline.model.backbone import brings_own_weights
+from cardiac_pipeline.errors import UserError
+from cardiac_pipeline.model.backbone import LOCAL_DIR_PREFIX, brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.prediction_cache import PredictionCache
@@ -37,6 +38,7 @@ from cardiac_pipeline.model.train import (
 )
 from cardiac_pipeline.nn.encoders import create_encoder
 from cardiac_pipeline.params import check_keys
+from cardiac_pipeline.tracking import fingerprint
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
 MODEL_KWARGS = (
@@ -120,7 +122,10 @@ def build_cardiac_clip(
         if seed is not None:
             torch.manual_seed(seed)
         encoder = create_encoder(
-            backbone["name"], backbone.get("pretrained"), load_weights=load_weights
+            backbone["name"],
+            backbone.get("pretrained"),
+            load_weights=load_weights,
+            **encoder_options(backbone),
         )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
@@ -129,6 +134,15 @@ def build_cardiac_clip(
         if seed is not None:
             torch.manual_seed(seed)
         return CardiacCLIP(encoder, **kwargs)
+
+
+def encoder_options(backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder options of a ``backbone`` section: ``options`` and, when set, the
+    ``tokenizer`` folder (EchoPrime's text tower)."""
+    options = dict(backbone.get("options") or {})
+    if backbone.get("tokenizer"):
+        options["tokenizer"] = str(backbone["tokenizer"])
+    return options
 
 
 def check_recipe(sections: Mapping[str, Mapping[str, Any] | None], where: str = "") -> None:
@@ -197,7 +211,12 @@ def weights_fingerprint(arch: dict[str, Any]) -> str | None:
     and a resumable run keyed on the path would return models adapted from the old weights.
     """
     pretrained = (arch.get("backbone") or {}).get("pretrained")
-    if not pretrained or not Path(str(pretrained)).is_file():
+    if not pretrained:
+        return None
+    folder = Path(str(pretrained).removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+    if folder.is_dir():  # a published folder (EchoCLIP's, EchoPrime's model_data)
+        return f"dir-{fingerprint(str(folder.resolve()))}"
+    if not Path(str(pretrained)).is_file():
         return None
     digest = hashlib.sha1()
     with open(pretrained, "rb") as handle:
@@ -429,6 +448,8 @@ def train_on_split(
         },
         "adaptation": mode,
     }
+    if isinstance(model, CardiacCLIP):  # what predict feeds it: size, normalisation, clip
+        checkpoint["input_spec"] = dataclasses.asdict(model.input_spec)
     return checkpoint, result
 
 
@@ -553,6 +574,13 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
             f"expected {CHECKPOINT_FORMAT!r})"
         )
     model = build_cardiac_clip(checkpoint["arch"], weights=False)
+    stored = checkpoint.get("input_spec")
+    if stored is not None and dict(stored) != dataclasses.asdict(model.input_spec):
+        raise UserError(
+            f"checkpoint: its backbone {checkpoint['arch']['backbone']['name']!r} takes input "
+            f"{dict(stored)}, but rebuilt from arch it takes {model.input_spec}; fix: give "
+            "predict the checkpoint with the backbone options it was trained with"
+        )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 

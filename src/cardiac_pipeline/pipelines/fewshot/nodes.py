@@ -217,6 +217,7 @@ def train_fewshot_model(
     with model_run(work_dir, name, tags) as run_id:
         if run_id:
             log_params({**arch, "clips": clips, "training": training, "k": k, "seed": seed})
+            log_params({"backbone": {"weights_fingerprint": recipe.weights_fingerprint(arch)}})
             mlflow.log_metric("n_train", int((k_shot_split["role"] == "train").sum()))
         checkpoint, result = recipe.train_on_split(
             clip_store,
