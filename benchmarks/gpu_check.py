@@ -1,14 +1,26 @@
-"""GPU check: the paper's CardiacCLIP training recipe at full size, through the project's loop.
+"""GPU check: CardiacCLIP training at full size through the project's loop, per backbone.
 
-ConvNeXt-B-W (``echo-convnext-b-w``, random weights), EchoZoom scales [1, 2] on 112-pixel
-frames, 48-frame clips, batch 2 per GPU, bf16 autocast and channels-last, trained by
-``train.fit`` on random clips for ``--steps`` steps after as many warm-up steps (the first
-epoch: allocator, cuDNN autotuning). Prints the step time, frames/s, the share of step time
-spent waiting for data, peak GPU memory and the model FLOP utilisation (FLOPs of one step
-counted by ``torch.utils.flop_counter.FlopCounterMode``, against ``--peak-tflops``, default
-989: H100/H200 dense bf16). Not part of the tests.
+``--backbone`` picks a preset at its published input size (random weights):
+
+- ``paper`` (default): the paper's recipe, ConvNeXt-B-W (``echo-convnext-b-w``), EchoZoom
+  scales [1, 2] on 112-pixel frames, 48-frame clips.
+- ``echoclip``: EchoCLIP's architecture (ConvNeXt-B-W, 512-d) on 224-pixel frames, EchoZoom
+  [1, 2] with 224-pixel tiles, 16 frames, the prompt head.
+- ``echoprime``: EchoPrime's MViT-v2-S clip encoder, one clip of 16 frames of 224 pixels,
+  the linear head (its text tower needs the BiomedBERT tokenizer folder: ``--tokenizer``
+  gives the prompt head with the text tower trained too).
+- ``panecho``: PanEcho's ConvNeXt-T frame transformer, 16 frames of 224 pixels, the linear
+  head started from its EF head.
+
+Batch 2 per GPU, bf16 autocast and channels-last, trained by ``train.fit`` on random clips
+for ``--steps`` steps after as many warm-up steps (the first epoch: allocator, cuDNN
+autotuning). Prints the step time, frames/s, the share of step time spent waiting for data,
+peak GPU memory and the model FLOP utilisation (FLOPs of one step counted by
+``torch.utils.flop_counter.FlopCounterMode``, against ``--peak-tflops``, default 989:
+H100/H200 dense bf16). Not part of the tests; runs where a GPU is present.
 
     python benchmarks/gpu_check.py --steps 300
+    python benchmarks/gpu_check.py --backbone all --steps 50        # the three, one by one
     torchrun --nproc_per_node=8 benchmarks/gpu_check.py --steps 300 --ddp   # all GPUs
     python benchmarks/gpu_check.py --device cpu --tiny --steps 3            # a CPU smoke run
 
@@ -56,14 +68,31 @@ class RandomClips(Dataset):
         return {"clip": clip, "ef": ef, "file_name": f"random{i:05d}"}
 
 
-def parse_args() -> argparse.Namespace:
+#: each backbone at its published input: arch (backbone.name), head, frames, pixels, scales
+PRESETS: dict[str, dict] = {
+    "paper": {"arch": "echo-convnext-b-w", "head": "prompt", "frames": 48, "size": 112},
+    "echoclip": {"arch": "echo-convnext-b-w", "head": "prompt", "frames": 16, "size": 224},
+    "echoprime": {"arch": "echoprime", "head": "linear", "frames": 16, "size": 224},
+    "panecho": {"arch": "panecho", "head": "linear", "frames": 16, "size": 224},
+}
+FOUNDATION_MODELS = ("echoclip", "echoprime", "panecho")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--backbone",
+        choices=[*PRESETS, "all"],
+        default="paper",
+        help="preset at its published input size; all: echoclip, echoprime and panecho",
+    )
     parser.add_argument("--steps", type=int, default=200, help="measured optimiser steps")
     parser.add_argument("--batch", type=int, default=2, help="clips per GPU per step")
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--arch", default="echo-convnext-b-w")
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--size", type=int, default=112, help="frame and EchoZoom tile pixels")
+    parser.add_argument("--frames", type=int, default=None, help="the preset's by default")
+    parser.add_argument("--arch", default=None, help="backbone.name (the preset's by default)")
+    parser.add_argument("--scales", type=int, nargs="+", default=None)
+    parser.add_argument("--size", type=int, default=None, help="frame and EchoZoom tile pixels")
+    parser.add_argument("--tokenizer", default=None, help="EchoPrime's BiomedBERT tokenizer folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="loader workers per process")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak per device")
@@ -71,10 +100,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--tiny", action="store_true", help="echo-convnext-atto, 4 frames of 64 px (CPU smoke)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tiny:
-        args.arch, args.frames, args.size = "echo-convnext-atto", 4, 64
+        args.backbone, args.arch, args.frames, args.size = "paper", "echo-convnext-atto", 4, 64
     return args
+
+
+def with_preset(args: argparse.Namespace, backbone: str) -> argparse.Namespace:
+    """``args`` with the preset's values where the command line left them unset."""
+    preset = PRESETS[backbone]
+    clip_encoder = preset["arch"] in ("echoprime", "panecho")
+    values = {
+        "backbone": backbone,
+        "arch": args.arch or preset["arch"],
+        "frames": args.frames or preset["frames"],
+        "size": args.size or preset["size"],
+        "scales": args.scales or ([1] if clip_encoder else [1, 2]),
+        "head": "prompt" if args.tokenizer else preset["head"],
+    }
+    return argparse.Namespace(**{**vars(args), **values})
 
 
 def step_flops(model: torch.nn.Module, batch: dict, config: TrainConfig) -> int:
@@ -94,10 +138,19 @@ def step_flops(model: torch.nn.Module, batch: dict, config: TrainConfig) -> int:
 
 
 def main() -> bool:
-    """Run the check; True on the process that reports (rank 0)."""
+    """Run the check for each asked backbone; True on the process that reports (rank 0)."""
     args = parse_args()
     if args.ddp:
         distributed.init_from_env(args.device)
+    names = FOUNDATION_MODELS if args.backbone == "all" else (args.backbone,)
+    reports = [check(with_preset(args, name)) for name in names]
+    main_process = distributed.is_main()
+    distributed.shutdown()
+    return main_process and all(reports)
+
+
+def check(args: argparse.Namespace) -> bool:
+    """One backbone's measured run; prints its report on rank 0."""
     world = distributed.world_size()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -115,9 +168,10 @@ def main() -> bool:
         num_workers=workers,
         seed=0,
     )
+    backbone = {"name": args.arch, "pretrained": None, "tokenizer": args.tokenizer}
     arch = {
-        "backbone": {"name": args.arch, "pretrained": None},
-        "cardiac_clip": {"scales": args.scales, "tile": args.size},
+        "backbone": backbone,
+        "cardiac_clip": {"scales": args.scales, "tile": args.size, "head": args.head},
     }
     model = build_cardiac_clip(arch, seed=0)
     dataset = RandomClips(args.steps * config.batch_size, args.frames, args.size)
@@ -130,11 +184,12 @@ def main() -> bool:
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else math.nan
     batch = torch.utils.data.default_collate([dataset[i] for i in range(args.batch)])
     flops = step_flops(model, batch, config)
-    main_process = distributed.is_main()
-    distributed.shutdown()
-    if main_process:
+    if distributed.is_main():
         report(args, config, result.history, flops, peak_gib, device, world, workers)
-    return main_process
+    if cuda:
+        del model
+        torch.cuda.empty_cache()
+    return True
 
 
 def report(
@@ -157,7 +212,8 @@ def report(
         f"device        {name or device.type} x {world} ({device.type}, torch {torch.__version__})"
     )
     print(
-        f"recipe        {args.arch}, EchoZoom {args.scales}, {args.frames} frames of "
+        f"recipe        {args.backbone}: {args.arch}, {args.head} head, scales {args.scales}, "
+        f"{args.frames} frames of "
         f"{args.size} px, batch {args.batch}/process (global {config.batch_size}), "
         f"amp {config.amp}, channels_last {config.channels_last}, {workers} loader workers"
     )

@@ -124,11 +124,13 @@ class FewshotConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
-    """``backbone``: the open_clip model and where its weights come from."""
+    """``backbone``: the registered encoder and where its weights come from."""
 
     name: str = param()  # conf/base/globals.yml clip_arch
     pretrained: str | None = param()
     load_weights: bool = param()
+    tokenizer: str | None = param()  # EchoPrime's BiomedBERT tokenizer folder
+    options: dict[str, Any] = param()  # the builder's options (tests shrink widths)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import pytest
 import torch
 
+from cardiac_pipeline.model.backbone import register_model_configs
 from cardiac_pipeline.nn.encoders import create_encoder
 
 #: shrunken architectures (the published ones are tested on the meta device only)
@@ -94,7 +97,7 @@ def write_panecho(path: Path) -> Any:
     torch.manual_seed(0)
     source = create_encoder("panecho", **TINY_PANECHO)
     with torch.no_grad():  # move the EF head off its initial bias so the test can tell
-        source.ef_head.bias.add_(3.0)
+        source.ef_head().bias.add_(3.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": source.state_dict()}, path)
     return source
@@ -116,3 +119,45 @@ def assert_one_line(message: str, *parts: str) -> None:
     assert "Fix:" in message
     for part in parts:
         assert part in message, (part, message)
+
+
+ECHOCLIP_MEAN, ECHOCLIP_STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+
+
+def echoclip_config(embed_dim: int = 16) -> dict:
+    """EchoCLIP's model_cfg (a timm ConvNeXt with a linear projection) at a tiny width."""
+    register_model_configs()  # registers the small timm ConvNeXt used as its tower
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {
+            "timm_model_name": "echo_convnext_tiny",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 64,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+
+
+def write_echoclip_weights(folder: Path, state_dict: dict | None = None) -> dict:
+    """EchoCLIP's published folder (open_clip_config.json + open_clip_pytorch_model.bin)
+    with a shrunken ConvNeXt; returns the state dict written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": echoclip_config(),
+        "preprocess_cfg": {"mean": ECHOCLIP_MEAN, "std": ECHOCLIP_STD},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    if state_dict is None:
+        torch.manual_seed(3)
+        model = open_clip.model.CLIP(**config["model_cfg"])
+        state_dict = model.state_dict()
+    torch.save(state_dict, folder / "open_clip_pytorch_model.bin")
+    return state_dict

@@ -6,7 +6,6 @@ The folder here is EchoCLIP's layout (``open_clip_config.json`` with ``model_cfg
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import open_clip
@@ -18,42 +17,10 @@ from cardiac_pipeline.model import recipe
 from cardiac_pipeline.model.backbone import register_model_configs
 from cardiac_pipeline.nn.encoders import create_encoder
 from tests.conftest import base_recipe
-
-MEAN, STD = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
-
-
-def _echoclip_config(embed_dim: int = 16) -> dict:
-    """EchoCLIP's model_cfg (a timm ConvNeXt with a linear projection) at a tiny width."""
-    register_model_configs()  # registers the small timm ConvNeXt used as its tower
-    return {
-        "embed_dim": embed_dim,
-        "vision_cfg": {
-            "timm_model_name": "echo_convnext_tiny",
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": 64,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-
-
-def _write_folder(folder: Path, state_dict: dict | None = None) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": _echoclip_config(), "preprocess_cfg": {"mean": MEAN, "std": STD}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    if state_dict is None:
-        torch.manual_seed(3)
-        model = open_clip.model.CLIP(**config["model_cfg"])
-        state_dict = model.state_dict()
-    torch.save(state_dict, folder / "open_clip_pytorch_model.bin")
-    return state_dict
+from tests.nn.conftest import ECHOCLIP_MEAN as MEAN
+from tests.nn.conftest import ECHOCLIP_STD as STD
+from tests.nn.conftest import echoclip_config as _echoclip_config
+from tests.nn.conftest import write_echoclip_weights as _write_folder
 
 
 def test_echoclip_loads_its_published_folder(tmp_path: Path, no_network: None) -> None:

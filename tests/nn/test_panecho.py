@@ -57,7 +57,7 @@ def test_panecho_pt_loads_and_gives_the_source_models_embeddings_and_ef(tmp_path
         ef = loaded.predict_ef(video)
         assert ef.shape == (2,)
         torch.testing.assert_close(ef, source.predict_ef(video))
-        torch.testing.assert_close(ef, loaded.ef_head(features)[:, 0])
+        torch.testing.assert_close(ef, loaded.ef_head()(features)[:, 0])
         torch.testing.assert_close(loaded.ef_from_features(features), ef)
     assert not loaded.training
 
@@ -66,7 +66,7 @@ def test_a_bare_state_dict_of_the_model_loads_too(tmp_path: Path) -> None:
     source = write_panecho(tmp_path / "panecho.pt")
     torch.save(source.state_dict(), tmp_path / "bare.pt")
     loaded = build(tmp_path / "bare.pt")
-    torch.testing.assert_close(loaded.ef_head.bias, source.ef_head.bias)
+    torch.testing.assert_close(loaded.ef_head().bias, source.ef_head().bias)
 
 
 def test_task_heads_follow_the_repositorys_task_data() -> None:
@@ -75,8 +75,8 @@ def test_task_heads_follow_the_repositorys_task_data() -> None:
     encoder = build(None)
     ef = next(t for t in tasks["tasks"] if t["name"] == "EF")
     assert ef["type"] == "regression" and ef["outputs"] == 1
-    assert encoder.ef_head.out_features == 1
-    assert encoder.ef_head.bias.item() == pytest.approx(ef["train_mean"])
+    assert encoder.ef_head().out_features == 1
+    assert encoder.ef_head().bias.item() == pytest.approx(ef["train_mean"])
     assert encoder.get_submodule("LVSystolicFunction_head")[-1].out_features == 3
     assert encoder.get_submodule("RVSystolicFunction_head")[-1].out_features == 1
     assert encoder.get_submodule("EF_head")[0].p == pytest.approx(0.25)
@@ -171,3 +171,30 @@ def test_an_echoclip_folder_given_to_panecho(tmp_path: Path) -> None:
     with pytest.raises(UserError) as error:
         build(folder)
     assert_one_line(str(error.value), str(folder), "open_clip", "backbone.name: echoclip")
+
+
+def test_the_adapted_head_starts_as_panechos_ef_head(tmp_path: Path) -> None:
+    """Before the first step CardiacCLIP's linear head predicts PanEcho's own EF (the mean
+    over a video's clips), so adaptation starts from the zero-shot reference."""
+    from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
+
+    weights = tmp_path / "panecho.pt"
+    write_panecho(weights)
+    model = CardiacCLIP(build(weights), scales=(1,), head="linear", seed=0).eval()
+    reference = build(weights)
+    pixels = torch.rand(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ef = model(pixels).ef
+        normalised = model.normalize(pixels.flatten(0, 1)).reshape(pixels.shape)
+        clips = normalised.reshape(3, 2, 4, 3, 32, 32).transpose(2, 3).flatten(0, 1)
+        own = reference.predict_ef(clips).reshape(3, 2).mean(dim=1)
+    torch.testing.assert_close(ef, own, atol=0.05, rtol=0)
+    assert not torch.allclose(own, own.mean().expand(3), atol=1e-3)  # the videos differ
+
+
+def test_panecho_needs_the_linear_head() -> None:
+    from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
+    from cardiac_pipeline.nn.encoders import NotApplicable
+
+    with pytest.raises(NotApplicable, match="head: linear"):
+        CardiacCLIP(build(None), scales=(1,), head="prompt")

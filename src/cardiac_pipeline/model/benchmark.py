@@ -258,7 +258,8 @@ def _with_roles(
 
 
 def _pretrained(backbone: BackboneConfig) -> VideoEncoder:
-    return create_encoder(backbone.name, backbone.pretrained)
+    options = recipes.encoder_options(record(backbone))
+    return create_encoder(backbone.name, backbone.pretrained, **options)
 
 
 def zero_shot_predictions(

@@ -139,6 +139,11 @@ class CardiacCLIP(nn.Module):
         self.head = head
         self.kind = encoder.kind
         self.channels_last = channels_last
+        # a backbone's own EF head (PanEcho's) starts the linear head; it reads the
+        # embeddings as they are, so they are not L2-normalised before MFL then
+        ef_head = encoder.ef_head() if head == "linear" else None
+        self.normalise_embeddings = ef_head is None
+        self.input_spec = encoder.input_spec  # stored in checkpoints (what predict feeds)
         self.normalize = PixelNormalize(encoder.input_spec.mean, encoder.input_spec.std)
         self.text_encoder, tokens = _text_tower(encoder, prompts)
         self.register_buffer("logit_scale", encoder.logit_scale().detach().clone().reshape(()))
@@ -168,7 +173,9 @@ class CardiacCLIP(nn.Module):
             self.regressor: nn.Linear | None = None
             if head == "linear":
                 self.regressor = nn.Linear(dim, 1)
-        if self.regressor is not None:
+        if self.regressor is not None and ef_head is not None:
+            _start_from_ef_head(self.regressor, self.mfl, ef_head)
+        elif self.regressor is not None:
             with torch.no_grad():  # start at a plausible EF, not 0: the baseline learns at lr 5e-5
                 self.regressor.weight.zero_()
                 start = float(self.bin_values.mean()) if linear_init_ef is None else linear_init_ef
@@ -245,7 +252,9 @@ class CardiacCLIP(nn.Module):
         self, features: torch.Tensor, mask: torch.Tensor | None = None
     ) -> CardiacCLIPOutput:
         """The trainable rest of ``forward`` from pooled features [B, T, S*C] (cached or not)."""
-        frames = F.normalize(self.image_encoder.embed(features), dim=-1)
+        frames = self.image_encoder.embed(features)
+        if self.normalise_embeddings:
+            frames = F.normalize(frames, dim=-1)
         video, attention = self.mfl(frames, mask)
         if self.regressor is not None:
             return CardiacCLIPOutput(
@@ -262,6 +271,20 @@ class CardiacCLIP(nn.Module):
         if self.prompt_set == "values":  # the five range bins' logits
             logits = _bin_logits(logits, self.value_bins, len(BIN_VALUES))
         return CardiacCLIPOutput(ef=ef, logits=logits, attention=attention, video_embedding=video)
+
+
+def _start_from_ef_head(regressor: nn.Linear, mfl: nn.Module, ef_head: nn.Module) -> None:
+    """The linear head as the backbone's EF head and MFL's attention uniform, so the
+    untrained model predicts the mean of the backbone's own EF over a video's clips."""
+    layer = [m for m in ef_head.modules() if isinstance(m, nn.Linear)][-1]
+    if tuple(layer.weight.shape) != tuple(regressor.weight.shape):
+        raise ValueError(f"EF head {tuple(layer.weight.shape)} does not fit the linear head")
+    with torch.no_grad():
+        regressor.weight.copy_(layer.weight)
+        regressor.bias.copy_(layer.bias)
+        for pool in mfl.modules():
+            if isinstance(pool, AttentionPool):
+                pool.score[-1].weight.zero_()
 
 
 def _echozoom(

@@ -34,6 +34,7 @@ from cardiac_pipeline.config import (
 from cardiac_pipeline.echo.attention import attended_frames
 from cardiac_pipeline.echo.clips import ClipSpec, effective_period
 from cardiac_pipeline.echo.clipstore import ClipStore
+from cardiac_pipeline.errors import UserError
 from cardiac_pipeline.model.adaptation import (
     CACHED_STAGE,
     Adaptation,
@@ -41,7 +42,7 @@ from cardiac_pipeline.model.adaptation import (
     for_random_start,
     predicts_from_features,
 )
-from cardiac_pipeline.model.backbone import brings_own_weights
+from cardiac_pipeline.model.backbone import LOCAL_DIR_PREFIX, brings_own_weights
 from cardiac_pipeline.model.cardiac_clip import CardiacCLIP
 from cardiac_pipeline.model.data import EchoClipDataset
 from cardiac_pipeline.model.ood import describe_calibration
@@ -53,6 +54,7 @@ from cardiac_pipeline.model.train import (
     resolve_device,
 )
 from cardiac_pipeline.nn.encoders import create_encoder
+from cardiac_pipeline.tracking import fingerprint
 
 CHECKPOINT_FORMAT = "cardiac-pipeline/cardiac-clip/1"
 MODEL_KWARGS = (
@@ -152,7 +154,10 @@ def _build(arch: Mapping[str, Any], *, seed: int | None, weights: bool) -> Cardi
         if seed is not None:
             torch.manual_seed(seed)
         encoder = create_encoder(
-            backbone["name"], backbone["pretrained"], load_weights=load_weights
+            backbone["name"],
+            backbone["pretrained"],
+            load_weights=load_weights,
+            **encoder_options(backbone),
         )
     kwargs = {k: v for k, v in arch["cardiac_clip"].items() if k in MODEL_KWARGS}
     if "scales" in kwargs:
@@ -174,6 +179,15 @@ def clip_spec(clips: ClipsConfig | Mapping[str, Any]) -> ClipSpec:
     return ClipSpec(**{k: values[k] for k in CLIP_SPEC_KWARGS if k in values})
 
 
+def encoder_options(backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder options of a ``backbone`` record: ``options`` and, when set, the
+    ``tokenizer`` folder (EchoPrime's text tower). Checkpoints of older runs have neither."""
+    options = dict(backbone.get("options") or {})
+    if backbone.get("tokenizer"):
+        options["tokenizer"] = str(backbone["tokenizer"])
+    return options
+
+
 def run_key(*parts: Any) -> str:
     """Short stable hash of everything that decides a training run (for its work folder)."""
     text = json.dumps(parts, sort_keys=True, default=str)
@@ -187,7 +201,12 @@ def weights_fingerprint(backbone: BackboneConfig) -> str | None:
     and a resumable run keyed on the path would return models adapted from the old weights.
     """
     pretrained = backbone.pretrained
-    if not pretrained or not Path(str(pretrained)).is_file():
+    if not pretrained:
+        return None
+    folder = Path(str(pretrained).removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+    if folder.is_dir():  # a published folder (EchoCLIP's, EchoPrime's model_data)
+        return f"dir-{fingerprint(str(folder.resolve()))}"
+    if not Path(str(pretrained)).is_file():
         return None
     digest = hashlib.sha1()
     with open(pretrained, "rb") as handle:
@@ -411,7 +430,7 @@ def _checkpoint(
 ) -> dict[str, Any]:
     """The self-describing checkpoint of a trained model (primitives and tensors only)."""
     result = stages[-1][1]
-    return {
+    checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "arch": _portable_arch(arch),
         "clips": record(run.recipe.clips),
@@ -430,6 +449,9 @@ def _checkpoint(
         },
         "adaptation": run.mode.name,
     }
+    if isinstance(model, CardiacCLIP):  # what predict feeds it: size, normalisation, clip
+        checkpoint["input_spec"] = dataclasses.asdict(model.input_spec)
+    return checkpoint
 
 
 def calibrate_interval(
@@ -548,6 +570,13 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> CardiacCLIP:
             f"expected {CHECKPOINT_FORMAT!r})"
         )
     model = _build(checkpoint["arch"], seed=None, weights=False)
+    stored = checkpoint.get("input_spec")
+    if stored is not None and dict(stored) != dataclasses.asdict(model.input_spec):
+        raise UserError(
+            f"checkpoint: its backbone {checkpoint['arch']['backbone']['name']!r} takes input "
+            f"{dict(stored)}, but rebuilt from arch it takes {model.input_spec}; fix: give "
+            "predict the checkpoint with the backbone options it was trained with"
+        )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 

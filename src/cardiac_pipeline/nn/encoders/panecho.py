@@ -138,7 +138,6 @@ class PanEchoEncoder(VideoEncoder):
             nn.init.constant_(head[-1].bias, task["train_mean"])
             self.add_module(f"{task['name']}_head", head)
 
-    @property
     def ef_head(self) -> nn.Linear:
         """The EF regression layer (features -> EF in %): the zero-shot reference and the
         adapted head's starting point."""

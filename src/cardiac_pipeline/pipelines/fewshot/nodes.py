@@ -220,6 +220,9 @@ def train_fewshot_model(
             arch = {"backbone": record(typed.backbone), "cardiac_clip": record(typed.cardiac_clip)}
             logged = {"clips": record(typed.clips), "training": training, "k": k, "seed": seed}
             log_params({**arch, **logged})
+            log_params(
+                {"backbone": {"weights_fingerprint": recipe.weights_fingerprint(typed.backbone)}}
+            )
             mlflow.log_metric("n_train", int((k_shot_split["role"] == "train").sum()))
         checkpoint, result = recipe.train_on_split(
             clip_store,
