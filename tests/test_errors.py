@@ -83,7 +83,10 @@ def test_every_wrong_predict_model_is_one_error_line_before_any_video(
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     torch.save({"arch": "echo-vit-tiny", "state_dict": {}, "meta": {}}, tmp_path / "backbone.pt")
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    with mlflow.start_run() as run:  # a run that logged no model
+    experiment = mlflow.set_experiment("predict-model-errors")  # not another test's default
+    with mlflow.start_run(
+        experiment_id=experiment.experiment_id
+    ) as run:  # a run that logged no model
         mlflow.log_param("k", 1)
     cases = {
         str(tmp_path / "missing.pt"): "file not found",

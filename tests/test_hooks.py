@@ -113,6 +113,7 @@ def test_a_fewshot_run_ends_with_its_summary_printed_whole(
     hook.after_pipeline_run({}, pipeline, catalog)
 
     lines = capsys.readouterr().out.strip().splitlines()
+    lines = lines[lines.index("Few-shot summary (TEST set)") :]  # after any catalog log line
     assert lines[0] == "Few-shot summary (TEST set)" and "MAE ± SD (90% CI)" in lines[1]
     assert lines[-1] == "Full table: data/fewshot_summary.md"
     assert all(len(line) <= 100 for line in lines) and len(lines) == 3 + 9 + 1

@@ -13,6 +13,7 @@ import torch
 
 from cardiac_pipeline.__main__ import _parse_train_args, _runtime_params
 from cardiac_pipeline.errors import UserError
+from tests.conftest import conf_base
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -89,7 +90,7 @@ def test_a_user_error_under_torchrun_is_one_line_from_one_process(kedro_project)
     done = _torchrun(kedro_project.path, "--k", "1", "--seed", "0", "--params", "training.epochs=0")
     assert done.returncode != 0  # torchrun adds its own report of the failed processes
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and "training.epochs must be >= 1" in errors[0]
+    assert len(errors) == 1 and "'training.epochs': must be >= 1" in errors[0]
     assert "cardiac_pipeline/" not in done.stderr  # no traceback of the project's code
 
 
@@ -114,4 +115,4 @@ def test_what_a_train_command_needs_first_is_one_line_naming_the_run(tmp_path: P
     with pytest.raises(UserError, match=r"'clip_store' is missing.*--pipeline preprocessing"):
         _load_prerequisite(catalog, "clip_store")
     with pytest.raises(UserError, match="kedro run --pipeline pretrain"):
-        _backbone(catalog, {"name": "echo-vit-tiny", "pretrained": "pretrain"})
+        _backbone(catalog, conf_base().backbone)

@@ -127,7 +127,7 @@ def test_a_run_meeting_another_pretraining_its_config_waits_and_restores_that_ch
 ) -> None:
     pytest.importorskip("fcntl")
     current, archive = tmp_path / "out" / "pretrained_backbone.pt", tmp_path / "archive"
-    params = {"arch": "toy", "corpus": {"n_train": 2}, "epochs": 20, "seed": 0}
+    params = {**BASE, "epochs": 20, "seed": 0}
     wanted = config_hash({"arch": "toy", **nodes.pretraining_config(params, PREPROCESSING, 2)})
     held, go = SPAWN.Event(), SPAWN.Event()
     other = SPAWN.Process(target=keep_when_told, args=(current, archive, wanted, held, go))

@@ -243,7 +243,9 @@ def _regressor(settings: Recipe, train: pd.DataFrame, seed: int) -> tuple[Recipe
     training = dataclasses.replace(
         settings.training, adaptation=RANDOM_START, prior_correction="none"
     )
-    backbone = BackboneConfig(name="r2plus1d_18", pretrained=None, load_weights=False)
+    backbone = BackboneConfig(
+        name="r2plus1d_18", pretrained=None, load_weights=False, tokenizer=None, options={}
+    )
     return dataclasses.replace(settings, training=training, backbone=backbone), extra
 
 
